@@ -1,0 +1,344 @@
+package catalog
+
+import (
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func mustParse(t testing.TB, y string) map[string]*Provider {
+	t.Helper()
+	ps, err := Parse([]byte(y), "test.yaml")
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	m := map[string]*Provider{}
+	for _, p := range ps {
+		m[p.Name] = p
+	}
+	return m
+}
+
+const testCatalog = `
+providers:
+  - name: sf
+    displayName: SF
+    baseURL: https://{{.workspace}}.my.salesforce.com
+    authType: oauth2
+    oauth2:
+      grantType: authorizationCode
+      authURL: https://{{.workspace}}.my.salesforce.com/services/oauth2/authorize
+      tokenURL: https://{{.workspace}}.my.salesforce.com/services/oauth2/token
+      authStyle: inParams
+    metadata:
+      - name: workspace
+    proxy: true
+  - name: whole
+    baseURL: https://{{.domain}}
+    authType: basic
+    metadata: [{name: domain}]
+    proxy: true
+  - name: pathy
+    baseURL: https://api.bamboohr.com/api/gateway.php/{{.subdomain}}/
+    authType: apiKey
+    apiKey: {query: api_key}
+    metadata: [{name: subdomain}]
+    proxy: true
+  - name: region
+    baseURL: https://{{.region}}.api.example.com:8443/v1
+    authType: apiKey
+    apiKey: {header: {name: X-Api-Key}}
+    metadata: [{name: region, default: eu}]
+    proxy: true
+`
+
+func TestParseErrors(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown field", `providers: [{name: a, baseURL: "https://a.com", authType: none, color: red}]`, []string{"test.yaml", "color"}},
+		{"duplicate", `providers: [{name: a, baseURL: "https://a.com", authType: none}, {name: a, baseURL: "https://b.com", authType: none}]`, []string{"providers[1] (a).name: duplicate of providers[0]"}},
+		{"unparsable template", `providers: [{name: a, baseURL: "https://{{workspace}.a.com", authType: none}]`, []string{"baseURL", "without"}},
+		{"bad reference", `providers: [{name: a, baseURL: "https://{{.a.b}}.a.com", authType: none}]`, []string{"baseURL", "not a {{.name}} reference"}},
+		{"undeclared var", `providers: [{name: a, baseURL: "https://{{.ws}}.a.com", authType: none}]`, []string{`template variable "ws" is not declared`}},
+		{"oauth2 without tokenURL", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader}}]`, []string{"oauth2.tokenURL: is required"}},
+		{"oauth2 http token URL", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "http://a.com/t"}}]`, []string{"must be https"}},
+		{"oauth2 auto style", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, tokenURL: "https://a.com/t"}}]`, []string{"authStyle", "never auto-detected"}},
+		{"apiKey both", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {query: k, header: {name: X-K}}}]`, []string{"exactly one of header and query"}},
+		{"apiKey neither", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {}}]`, []string{"exactly one of header and query"}},
+		{"templated port", `providers: [{name: a, baseURL: "https://a.com:{{.p}}", authType: none, metadata: [{name: p}]}]`, []string{"port cannot be templated"}},
+		{"userinfo", `providers: [{name: a, baseURL: "https://u@a.com", authType: none}]`, []string{"baseURL"}},
+		{"bad auth type", `providers: [{name: a, baseURL: "https://a.com", authType: magic}]`, []string{`authType: "magic"`}},
+		{"bad reset format", `providers: [{name: a, baseURL: "https://a.com", authType: none, rateLimit: {resetHeaders: [{name: x-r, format: hours}]}}]`, []string{"resetHeaders[0].format"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.yaml), "test.yaml")
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblemWithLine(t *testing.T) {
+	y := "providers:\n" +
+		"  - name: a\n    baseURL: https://{{.x}}.a.com\n    authType: none\n" +
+		"  - name: b\n    baseURL: https://b.com\n    authType: apiKey\n"
+	_, err := Parse([]byte(y), "over.yaml")
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	for _, w := range []string{"over.yaml:2: providers[0] (a).baseURL", "over.yaml:5: providers[1] (b).apiKey: is required"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+}
+
+func TestResolve(t *testing.T) {
+	ps := mustParse(t, testCatalog)
+	cases := []struct {
+		prov, val, path   string
+		authority, upPath string
+		wantErr           string
+	}{
+		{"sf", "acme", "/services/data/v56.0/sobjects/Account?x=1", "acme.my.salesforce.com", "/services/data/v56.0/sobjects/Account?x=1", ""},
+		{"sf", "Acme-Corp", "/", "Acme-Corp.my.salesforce.com", "/", ""},
+		{"sf", "a.b", "/", "a.b.my.salesforce.com", "/", ""},
+		{"sf", "evil.com#", "/", "", "", "not allowed"},
+		{"sf", "a.b@c", "/", "", "", "not allowed"},
+		{"sf", "x/y", "/", "", "", "not allowed"},
+		{"sf", "evil.com:8080", "/", "", "", "not allowed"},
+		{"sf", "a%2e", "/", "", "", "not allowed"},
+		{"sf", "a?b", "/", "", "", "not allowed"},
+		{"sf", "", "/", "", "", "required"},
+		{"sf", "a..b", "/", "", "", "empty DNS label"},
+		{"sf", "-a", "/", "", "", "start or end"},
+		{"sf", "a\r\nb", "/", "", "", "not allowed"},
+		{"sf", "acme", "relative", "", "", "must start with /"},
+		{"sf", "acme", "/a b", "", "", "not allowed"},
+		{"sf", "acme", "/a#frag", "", "", "not allowed"},
+		{"whole", "api.example.com", "/x", "api.example.com", "/x", ""},
+		{"whole", "127.0.0.1", "/", "", "", "IP literal"},
+		{"whole", "2130706433", "/", "", "", "numeric"},
+		{"whole", "0x7f000001", "/", "", "", "numeric"},
+		{"whole", "localhost", "/", "", "", "localhost"},
+		{"whole", "a.localhost", "/", "", "", "localhost"},
+		{"whole", "intranet", "/", "", "", "single-label"},
+		{"whole", "10.0.0.1.nip.io", "/", "10.0.0.1.nip.io", "/", ""},
+		{"pathy", "acme", "/v1/employees?x=1", "api.bamboohr.com", "/api/gateway.php/acme/v1/employees?x=1", ""},
+		{"pathy", "a/../b", "/x", "api.bamboohr.com", "/api/gateway.php/a%2F..%2Fb/x", ""},
+		{"pathy", "..", "/x", "", "", "dot segments"},
+		{"region", "", "/items", "eu.api.example.com:8443", "/v1/items", ""},
+		{"region", "us", "/items", "us.api.example.com:8443", "/v1/items", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.prov+"/"+c.val+c.path, func(t *testing.T) {
+			p := ps[c.prov]
+			name := p.Metadata[0].Name
+			meta := map[string]string{name: c.val}
+			if c.val == "" {
+				meta = nil
+			}
+			up, err := p.Resolve(meta, c.path)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err = %v, want %q (upstream %+v)", err, c.wantErr, up)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if up.Authority != c.authority || up.Path != c.upPath || up.Scheme != "https" {
+				t.Fatalf("got %+v, want %s %s", up, c.authority, c.upPath)
+			}
+		})
+	}
+}
+
+func TestTokenAndAuthURL(t *testing.T) {
+	p := mustParse(t, testCatalog)["sf"]
+	tok, err := p.TokenURL(map[string]string{"workspace": "acme"})
+	if err != nil || tok != "https://acme.my.salesforce.com/services/oauth2/token" {
+		t.Fatalf("TokenURL = %q, %v", tok, err)
+	}
+	if _, err := p.TokenURL(map[string]string{"workspace": "evil.com/"}); err == nil {
+		t.Fatal("a bad workspace must not render a token URL")
+	}
+	au, err := p.AuthURL(map[string]string{"workspace": "acme"})
+	if err != nil || au != "https://acme.my.salesforce.com/services/oauth2/authorize" {
+		t.Fatalf("AuthURL = %q, %v", au, err)
+	}
+}
+
+func TestValidateMetadata(t *testing.T) {
+	p := mustParse(t, testCatalog)["sf"]
+	if err := p.ValidateMetadata(map[string]string{"workspace": "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []map[string]string{nil, {"workspace": "evil.com#"}, {"workspace": "acme", "other": "x"}} {
+		if err := p.ValidateMetadata(m); err == nil {
+			t.Errorf("ValidateMetadata(%v) = nil, want an error", m)
+		}
+	}
+}
+
+func TestSetQueryParam(t *testing.T) {
+	cases := []struct{ path, want string }{
+		{"/a", "/a?api_key=k%26%3D+%2F"},
+		{"/a?", "/a?api_key=k%26%3D+%2F"},
+		{"/a?x=1&y=%20", "/a?x=1&y=%20&api_key=k%26%3D+%2F"},
+		{"/a?api_key=caller&x=1", "/a?x=1&api_key=k%26%3D+%2F"},
+		{"/a?api%5Fkey=caller&api_key&x=1", "/a?x=1&api_key=k%26%3D+%2F"},
+		{"/a?x=1&&api_key=c&api_key=d", "/a?x=1&api_key=k%26%3D+%2F"},
+	}
+	for _, c := range cases {
+		if got := SetQueryParam(c.path, "api_key", "k&= /"); got != c.want {
+			t.Errorf("SetQueryParam(%q) = %q, want %q", c.path, got, c.want)
+		}
+	}
+}
+
+func TestLoadOverride(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "providers.local.yaml")
+	over := `providers:
+  - name: salesforce
+    baseURL: https://sf.internal.example
+    authType: basic
+    proxy: true
+  - name: myApi
+    baseURL: https://api.my.example
+    authType: none
+    proxy: true
+`
+	if err := os.WriteFile(f, []byte(over), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sf, _ := c.Provider("salesforce"); sf.AuthType != AuthBasic {
+		t.Errorf("override did not replace salesforce: %s", sf.AuthType)
+	}
+	if _, ok := c.Provider("myApi"); !ok {
+		t.Error("override did not add myApi")
+	}
+	if got, want := len(c.Names()), len(base.Names())+1; got != want {
+		t.Errorf("providers = %d, want %d", got, want)
+	}
+	if err := os.WriteFile(f, []byte("providers: [{name: x, baseURL: nope, authType: none}]"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(f); err == nil || !strings.Contains(err.Error(), f) {
+		t.Errorf("bad override: err = %v, want one naming %s", err, f)
+	}
+}
+
+func TestEmbeddedCatalog(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(c.Names()); n < 80 {
+		t.Errorf("embedded catalog has %d providers, want at least 80", n)
+	}
+	types := map[AuthType]int{}
+	for _, n := range c.Names() {
+		p, _ := c.Provider(n)
+		types[p.AuthType]++
+	}
+	for _, at := range []AuthType{AuthOAuth2, AuthAPIKey, AuthBasic, AuthNone} {
+		if types[at] == 0 {
+			t.Errorf("no provider with authType %s", at)
+		}
+	}
+	for _, name := range []string{"salesforce", "zendeskSupport", "shopify", "marketo", "hubspot", "slack"} {
+		if _, ok := c.Provider(name); !ok {
+			t.Errorf("embedded catalog lacks %s", name)
+		}
+	}
+	sf, _ := c.Provider("salesforce")
+	up, err := sf.Resolve(map[string]string{"workspace": "acme"}, "/services/data/v56.0/sobjects/Account")
+	if err != nil || up.Authority != "acme.my.salesforce.com" {
+		t.Errorf("salesforce resolves to %+v, %v", up, err)
+	}
+	if mk, ok := c.Provider("marketo"); !ok || mk.OAuth2 == nil || mk.OAuth2.GrantType != GrantClientCredentials {
+		t.Errorf("marketo should use the client-credentials grant")
+	}
+}
+
+// FuzzResolve checks the promise of DESIGN §4: whatever a connection's value
+// and a caller's path, the request goes to a host the template allows, on
+// the template's port.
+func FuzzResolve(f *testing.F) {
+	ps := mustParse(f, testCatalog)
+	for _, s := range []string{"acme", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva"} {
+		f.Add(s, "/services/data?x=1")
+	}
+	f.Add("acme", "//evil.com/x")
+	f.Add("acme", "/@evil.com")
+	f.Fuzz(func(t *testing.T, val, path string) {
+		for _, name := range []string{"sf", "whole", "pathy", "region"} {
+			p := ps[name]
+			up, err := p.Resolve(map[string]string{p.Metadata[0].Name: val}, path)
+			if err != nil {
+				continue
+			}
+			// The caller's path is theirs to get wrong (a stray %); only the
+			// scheme and authority are ampproxy's promise.
+			u, perr := url.Parse(up.Scheme + "://" + up.Authority + "/")
+			if perr != nil {
+				t.Fatalf("%s: resolved URL does not parse: %v (%+v)", name, perr, up)
+			}
+			host := u.Hostname()
+			if u.User != nil || u.Fragment != "" {
+				t.Fatalf("%s: userinfo or fragment in %q", name, u)
+			}
+			if !strings.HasPrefix(up.Path, "/") {
+				t.Fatalf("%s: path %q", name, up.Path)
+			}
+			switch name {
+			case "sf":
+				if !strings.HasSuffix(host, ".my.salesforce.com") || u.Port() != "" || host != up.Authority {
+					t.Fatalf("sf: %q escaped the template (authority %q)", val, up.Authority)
+				}
+			case "whole":
+				if u.Port() != "" || net.ParseIP(host) != nil || host != up.Authority || host != val {
+					t.Fatalf("whole: %q gave authority %q", val, up.Authority)
+				}
+			case "pathy":
+				if up.Authority != "api.bamboohr.com" || !strings.HasPrefix(up.Path, "/api/gateway.php/") {
+					t.Fatalf("pathy: %q gave %+v", val, up)
+				}
+				seg := strings.TrimPrefix(up.Path, "/api/gateway.php/")
+				if i := strings.IndexByte(seg, '/'); i >= 0 {
+					seg = seg[:i]
+				}
+				if uv, _ := url.PathUnescape(seg); uv != val {
+					t.Fatalf("pathy: segment %q does not round-trip to %q", seg, val)
+				}
+			case "region":
+				if !strings.HasSuffix(host, ".api.example.com") || u.Port() != "8443" {
+					t.Fatalf("region: %q gave %q", val, up.Authority)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,127 @@
+// Package catalog holds ampproxy's provider catalog: for each SaaS API, where
+// its requests go and how its credential travels (DESIGN §4).
+//
+// It owns the catalog embedded in the binary (providers.yaml), strict
+// loading of it and of the operator's override file, the merge of the two,
+// the URL templates of base, token and authorization URLs with the
+// validation of every value substituted into them, and the resolution of a
+// connection's metadata and a caller's path into an upstream ([Provider.Resolve],
+// [Provider.TokenURL], [Provider.AuthURL], [Provider.ValidateMetadata]). It
+// does not hold or refresh credentials, store anything, or make HTTP
+// requests: the tokens package keeps connections and their secrets, and
+// extproc applies what this package resolves.
+//
+// [Load] parses the embedded file and the override with unknown fields
+// rejected, and returns every problem in either at once, each as
+// "file:line: providers[i] (name).field: what is wrong". An override entry
+// replaces the embedded entry of the same name as a whole (fields are not
+// merged) or adds a provider. Templates are compiled at load time, so the
+// request path only joins strings. A [Catalog] is immutable and safe for
+// concurrent use.
+//
+// A catalog file is a list of providers:
+//
+//	providers:
+//	  - name: zendeskSupport              # camelCase, unique
+//	    displayName: Zendesk Support
+//	    baseURL: https://{{.workspace}}.zendesk.com
+//	    authType: oauth2                  # oauth2 | apiKey | basic | none
+//	    oauth2:
+//	      grantType: authorizationCode    # or authorizationCodePKCE, clientCredentials
+//	      authURL: https://{{.workspace}}.zendesk.com/oauth/authorizations/new
+//	      tokenURL: https://{{.workspace}}.zendesk.com/oauth/tokens
+//	      authStyle: inParams             # or inHeader
+//	    metadata:
+//	      - {name: workspace, displayName: Subdomain}
+//	    rateLimit:
+//	      resetHeaders: [{name: x-ratelimit-reset, format: epochSeconds}]
+//	    proxy: true
+//
+// An apiKey provider names exactly one place for the key: a header with an
+// optional prefix ({header: {name: Authorization, prefix: "Bearer "}}) or a
+// query parameter ({query: api_key}). A metadata entry may carry a default,
+// used when a connection gives no value. Reset headers are epochSeconds,
+// epochMillis or deltaSeconds; Retry-After is read for every provider and
+// is not listed.
+// Only providers with proxy: true can be proxied.
+//
+// # Caveats
+//
+// Templates allow {{.name}} references and nothing else of text/template,
+// and every name must be declared under metadata. A reference may stand for
+// a whole host, part of a host or a path segment; the scheme, port and query
+// are fixed by the template and cannot be templated, and a template holds no
+// userinfo, fragment, backslash or whitespace. A trailing slash on a
+// template's path is dropped.
+//
+// A value substituted into a host must be DNS labels only: letters, digits
+// and '-', labels separated by single dots, none empty, none starting or
+// ending with '-', at most 63 characters each and 253 in all, and never an
+// IP literal. A host that took any value is then checked as a whole: it
+// cannot be an IP address, localhost or a name under .localhost, a single
+// label, or end in a numeric or 0x label (how resolvers accept IPv4 in
+// disguise). A value substituted into a path is escaped as one segment;
+// "." and "..", and control characters, are refused. Token URLs must be
+// https, except on loopback addresses.
+//
+// Some templates make a whole host a value: the base URLs of coupa,
+// emailBison, grafana, kaseyaVSAX, loxo, mercury, odoo, sentry, talkdesk,
+// vtiger, woocommerce and zoho, and the token URLs of coupa, mercury and
+// zoho (and talkdesk's token domain). There the connection decides where
+// requests go and, for a token URL, where the provider app's client secret
+// is sent. The checks above keep that a DNS name reached over https, but
+// cannot tell a vendor's host from an internal one; an operator who knows
+// the hosts in use can pin them in an override.
+//
+// authStyle, where the client ID and secret go on a token request, is set
+// per provider from its documentation and never auto-detected: detection
+// resends the grant, which fails against providers that rotate refresh
+// tokens or accept a code once. Most entries send them in the body
+// (inParams); those whose documentation asks for, or defaults to, HTTP
+// Basic use inHeader.
+//
+// A provider gets exactly one credential per request: the API key, the
+// Basic pair, or the OAuth2 access token as "Authorization: Bearer". Other
+// headers a provider requires without being secret (Copper's
+// X-PW-UserEmail, Procore-Company-Id, Algolia's application ID, Twitch's
+// Client-Id, a User-Agent) are the caller's to send. Shopify documents
+// only X-Shopify-Access-Token for its Admin API, which ampproxy does not
+// set; until the catalog can name a token header, expect proxied Shopify
+// calls to be refused.
+//
+// Metadata names are kept as the providers' established catalogs spell
+// them (workspace, subdomain, APP_ID, zoho_api_domain) rather than forced
+// into one convention, so connections carry the keys integrations expect.
+//
+// # Dropped providers
+//
+// Of the providers in the reference list (shared/reference/providers.tsv,
+// DESIGN §4), these are left out because the catalog shape cannot express
+// them; an override can add any of them once it can.
+//
+// Custom auth schemes (service-account keys, JWT bearer grants, several
+// secret headers, multi-step logins): bigquery, clariCopilot, devrev,
+// discourse, gitlab, googleWorkspaceDelegation, microsoftAdminConsent,
+// netsuiteM2M, redtail, salesforceJWT, snowflake.
+//
+// OAuth2 password grant: sugarCRM, whose URLs are also whole-URL templates.
+//
+// Base URL that is not a fixed-scheme template: aws (a placeholder; the
+// real host depends on the AWS service), bullhorn ({{.restUrl}} from the
+// token response), gong ({{.api_base_url_for_customer}} from the token
+// response).
+//
+// Access token sent in a header other than Authorization: bigcommerce
+// (X-Auth-Token; its token request also needs a context parameter) and
+// tiktokAds (Access-Token; its authorization URL renames client_id to
+// app_id).
+//
+// A second secret on every request, beside the credential: blackbaud
+// (Bb-Api-Subscription-Key), datadog (DD-APPLICATION-KEY), etsy (x-api-key
+// made of the app's keystring and secret), supabase (the key again in an
+// apikey header).
+//
+// Token endpoint that is not a plain OAuth2 exchange: adp (requires a TLS
+// client certificate), personio (the v1 auth endpoint takes a JSON body and
+// returns the token under data.token).
+package catalog

@@ -1,0 +1,134 @@
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// Upstream is where a proxied request goes.
+type Upstream struct {
+	Scheme    string // https, or http for a provider the operator declared so
+	Authority string // host[:port], the value for :authority
+	Path      string // the value for :path: template path + request path, and the query
+}
+
+// ErrBadPath is wrapped by errors about the caller's request path.
+var ErrBadPath = errors.New("invalid request path")
+
+// Resolve turns a connection's metadata and the caller's request path (with
+// its query) into the upstream. Values substituted into the host must be DNS
+// labels and cannot form an IP address or localhost; values substituted into
+// the path are escaped as one segment. The scheme and port always come from
+// the template, so nothing a connection or a caller supplies can move the
+// request to another host or port than the template allows.
+func (p *Provider) Resolve(meta map[string]string, pathQuery string) (Upstream, error) {
+	if err := checkRequestPath(pathQuery); err != nil {
+		return Upstream{}, err
+	}
+	v := values{meta: meta, defaults: p.defaults}
+	t := p.base
+	var b strings.Builder
+	if err := t.expandHost(&b, v); err != nil {
+		return Upstream{}, err
+	}
+	authority := b.String()
+	if len(t.path) == 0 {
+		return Upstream{Scheme: t.scheme, Authority: authority, Path: pathQuery}, nil
+	}
+	b.Reset()
+	b.Grow(len(pathQuery) + 32)
+	if err := t.expandPath(&b, v); err != nil {
+		return Upstream{}, err
+	}
+	b.WriteString(pathQuery)
+	return Upstream{Scheme: t.scheme, Authority: authority, Path: b.String()}, nil
+}
+
+// ValidateMetadata checks a connection's metadata against the provider: every
+// value the base and token URLs use must be present (or defaulted) and valid
+// where it is used, and no undeclared name may be given.
+func (p *Provider) ValidateMetadata(meta map[string]string) error {
+	declared := make(map[string]bool, len(p.Metadata))
+	for _, m := range p.Metadata {
+		declared[m.Name] = true
+	}
+	var errs []error
+	for name := range meta {
+		if !declared[name] {
+			errs = append(errs, fmt.Errorf("%w: %s is not a metadata field of provider %s", ErrInvalidValue, name, p.Name))
+		}
+	}
+	if _, err := p.Resolve(meta, "/"); err != nil {
+		errs = append(errs, err)
+	}
+	if p.tokenURL != nil {
+		if _, err := p.tokenURL.expand(values{meta: meta, defaults: p.defaults}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TokenURL renders the OAuth2 token endpoint for a connection.
+func (p *Provider) TokenURL(meta map[string]string) (string, error) {
+	if p.tokenURL == nil {
+		return "", fmt.Errorf("provider %s has no token URL", p.Name)
+	}
+	return p.tokenURL.expand(values{meta: meta, defaults: p.defaults})
+}
+
+// AuthURL renders the OAuth2 authorization endpoint for a connection.
+func (p *Provider) AuthURL(meta map[string]string) (string, error) {
+	if p.authURL == nil {
+		return "", fmt.Errorf("provider %s has no authorization URL", p.Name)
+	}
+	return p.authURL.expand(values{meta: meta, defaults: p.defaults})
+}
+
+// APIKeyHeaderLower is the API-key header name in lower case, as Envoy
+// carries header names; empty unless the key goes in a header.
+func (p *Provider) APIKeyHeaderLower() string { return p.apiKeyHeader }
+
+// checkRequestPath accepts an origin-form request target. Envoy has already
+// rejected most malformed paths; this keeps ampproxy safe behind anything.
+func checkRequestPath(pq string) error {
+	if pq == "" || pq[0] != '/' {
+		return fmt.Errorf("%w: must start with /", ErrBadPath)
+	}
+	for i := 0; i < len(pq); i++ {
+		if c := pq[i]; c <= ' ' || c == 0x7f || c == '#' {
+			return fmt.Errorf("%w: character %q is not allowed", ErrBadPath, c)
+		}
+	}
+	return nil
+}
+
+// SetQueryParam returns path with every parameter called name removed and
+// name=value appended, escaped. Other parameters keep their exact bytes.
+func SetQueryParam(path, name, value string) string {
+	p, q, _ := strings.Cut(path, "?")
+	var b strings.Builder
+	b.Grow(len(path) + len(name) + len(value)*3 + 2)
+	b.WriteString(p)
+	b.WriteByte('?')
+	for part := range strings.SplitSeq(q, "&") {
+		if part == "" {
+			continue
+		}
+		k, _, _ := strings.Cut(part, "=")
+		if k == name {
+			continue
+		}
+		if uk, err := url.QueryUnescape(k); err == nil && uk == name {
+			continue
+		}
+		b.WriteString(part)
+		b.WriteByte('&')
+	}
+	b.WriteString(url.QueryEscape(name))
+	b.WriteByte('=')
+	b.WriteString(url.QueryEscape(value))
+	return b.String()
+}

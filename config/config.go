@@ -1,0 +1,326 @@
+package config
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ampproxy/ampproxy/catalog"
+)
+
+// Config is ampproxy.yaml as DESIGN §4 fixes it, with relative paths made
+// absolute and every referenced file loaded.
+type Config struct {
+	GRPC     GRPC       `yaml:"grpc"`
+	Admin    Admin      `yaml:"admin"`
+	Storage  Storage    `yaml:"storage"`
+	Catalog  Catalog    `yaml:"catalog"`
+	Throttle Throttle   `yaml:"throttle"`
+	Log      Log        `yaml:"log"`
+	Projects []*Project `yaml:"projects"`
+
+	// Path is the absolute path of the file the config was read from.
+	Path string `yaml:"-"`
+	// Providers is the embedded catalog with the override file applied.
+	Providers *catalog.Catalog `yaml:"-"`
+
+	byID map[string]*Project
+}
+
+// GRPC is the ext_proc listener.
+type GRPC struct {
+	// Listen is host:port or unix:///absolute/path.sock.
+	Listen string `yaml:"listen"`
+}
+
+// Admin is the admin API, health and metrics listener.
+type Admin struct {
+	Listen string `yaml:"listen"`
+}
+
+// Storage locates the bbolt file and its encryption key.
+type Storage struct {
+	Path              string `yaml:"path"`
+	EncryptionKeyFile string `yaml:"encryptionKeyFile"`
+	CreateKey         bool   `yaml:"createKey"`
+}
+
+// Catalog points at an optional provider override file.
+type Catalog struct {
+	Overrides string `yaml:"overrides"`
+}
+
+// Throttle holds the lockout window bounds of DESIGN §3.
+type Throttle struct {
+	DefaultWindow Duration `yaml:"defaultWindow"`
+	MaxWindow     Duration `yaml:"maxWindow"`
+}
+
+// Log sets the log format and level.
+type Log struct {
+	Format string `yaml:"format"` // json (default) or text
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+}
+
+// Project is one tenant: its API keys, manifest and OAuth2 apps.
+type Project struct {
+	ID           string                 `yaml:"id"`
+	APIKeys      []APIKeyRef            `yaml:"apiKeys"`
+	Manifest     string                 `yaml:"manifest"`
+	ProviderApps map[string]ProviderApp `yaml:"providerApps"`
+
+	// Integrations is the loaded manifest.
+	Integrations *Manifest `yaml:"-"`
+	// Keys verifies the project's API keys.
+	Keys *KeyRing `yaml:"-"`
+}
+
+// APIKeyRef gives one API key either by its SHA-256 or as a file holding
+// the key itself.
+type APIKeyRef struct {
+	SHA256 string `yaml:"sha256"`
+	File   string `yaml:"file"`
+}
+
+// ProviderApp is a project's OAuth2 client at one provider.
+type ProviderApp struct {
+	ClientID         string   `yaml:"clientID"`
+	ClientSecretFile string   `yaml:"clientSecretFile"`
+	Scopes           []string `yaml:"scopes"`
+	RedirectURL      string   `yaml:"redirectURL"`
+}
+
+// Duration is a time.Duration written as "60s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		// A TypeError lets the decoder carry on and report the other
+		// problems of the file too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration such as 60s or 24h", n.Line, n.Value)}}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// String formats like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Defaults that apply when a field is absent.
+const (
+	DefaultThrottleWindow = 60 * time.Second
+	DefaultThrottleMax    = 24 * time.Hour
+)
+
+// Project returns the project with the given ID.
+func (c *Config) Project(id string) (*Project, bool) {
+	p, ok := c.byID[id]
+	return p, ok
+}
+
+// Load reads the config file, the catalog with its overrides, every
+// project's manifest and key files, and returns every problem at once, each
+// naming its file, line and field.
+func Load(path string) (*Config, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(abs)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parse(data, abs)
+}
+
+func parse(data []byte, file string) (*Config, error) {
+	c := &Config{Path: file}
+	root, errs := decodeStrict(data, file, c)
+	if root == nil && len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	p := &problems{loc: locator{file: file, root: root}, errs: errs}
+	dir := filepath.Dir(file)
+	rel := func(s string) string {
+		if s == "" || filepath.IsAbs(s) {
+			return s
+		}
+		return filepath.Join(dir, s)
+	}
+
+	checkListen(p, "grpc.listen", c.GRPC.Listen, true)
+	checkListen(p, "admin.listen", c.Admin.Listen, false)
+	if c.Storage.Path == "" {
+		p.add("storage.path", "is required")
+	}
+	if c.Storage.EncryptionKeyFile == "" {
+		p.add("storage.encryptionKeyFile", "is required")
+	}
+	c.Storage.Path = rel(c.Storage.Path)
+	c.Storage.EncryptionKeyFile = rel(c.Storage.EncryptionKeyFile)
+	if c.Storage.EncryptionKeyFile != "" && !c.Storage.CreateKey {
+		if _, err := os.Stat(c.Storage.EncryptionKeyFile); err != nil {
+			p.add("storage.encryptionKeyFile", "%v (set storage.createKey: true to create it)", err)
+		}
+	}
+
+	if c.Throttle.DefaultWindow == 0 {
+		c.Throttle.DefaultWindow = Duration(DefaultThrottleWindow)
+	}
+	if c.Throttle.MaxWindow == 0 {
+		c.Throttle.MaxWindow = Duration(DefaultThrottleMax)
+	}
+	if c.Throttle.DefaultWindow < 0 {
+		p.add("throttle.defaultWindow", "must be positive")
+	}
+	if c.Throttle.MaxWindow < c.Throttle.DefaultWindow {
+		p.add("throttle.maxWindow", "must not be shorter than throttle.defaultWindow")
+	}
+	switch c.Log.Format {
+	case "", "json", "text":
+	default:
+		p.add("log.format", "%q: want json or text", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		p.add("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+
+	c.Catalog.Overrides = rel(c.Catalog.Overrides)
+	cat, err := catalog.Load(c.Catalog.Overrides)
+	if err != nil {
+		for _, e := range unjoin(err) {
+			p.errs = append(p.errs, fmt.Errorf("%s: %w", p.loc.at("catalog.overrides"), e))
+		}
+	}
+	c.Providers = cat
+
+	if len(c.Projects) == 0 {
+		p.add("projects", "at least one project is required")
+	}
+	c.byID = make(map[string]*Project, len(c.Projects))
+	for i, pr := range c.Projects {
+		at := fmt.Sprintf("projects[%d]", i)
+		if pr == nil {
+			p.add(at, "is empty")
+			continue
+		}
+		if pr.ID == "" {
+			p.add(at+".id", "is required")
+		} else if strings.ContainsAny(pr.ID, "/?#% \t\r\n") {
+			p.add(at+".id", "%q must not hold '/', '?', '#', '%%' or whitespace", pr.ID)
+		} else if _, dup := c.byID[pr.ID]; dup {
+			p.add(at+".id", "%q is declared twice", pr.ID)
+		}
+		c.byID[pr.ID] = pr
+
+		if len(pr.APIKeys) == 0 {
+			p.add(at+".apiKeys", "at least one API key is required")
+		}
+		var hashes [][32]byte
+		var files []string
+		for j, k := range pr.APIKeys {
+			kat := fmt.Sprintf("%s.apiKeys[%d]", at, j)
+			switch {
+			case (k.SHA256 == "") == (k.File == ""):
+				p.add(kat, "needs exactly one of sha256 and file")
+			case k.SHA256 != "":
+				b, err := hex.DecodeString(k.SHA256)
+				if err != nil || len(b) != 32 {
+					p.add(kat+".sha256", "must be 64 hex digits (the SHA-256 of the key; `ampproxy keys new` prints one)")
+					continue
+				}
+				hashes = append(hashes, [32]byte(b))
+			default:
+				f := rel(k.File)
+				if _, err := readKeyFile(f); err != nil {
+					p.add(kat+".file", "%v", err)
+					continue
+				}
+				files = append(files, f)
+			}
+		}
+		pr.Keys = newKeyRing(hashes, files)
+
+		if pr.Manifest == "" {
+			p.add(at+".manifest", "is required")
+		} else {
+			pr.Manifest = rel(pr.Manifest)
+			m, errs := LoadManifest(pr.Manifest, cat)
+			if len(errs) > 0 {
+				for _, e := range errs {
+					p.errs = append(p.errs, fmt.Errorf("%s: %w", p.loc.at(at+".manifest"), e))
+				}
+			}
+			pr.Integrations = m
+		}
+
+		for name, app := range pr.ProviderApps {
+			aat := fmt.Sprintf("%s.providerApps.%s", at, name)
+			if cat != nil {
+				prov, ok := cat.Provider(name)
+				switch {
+				case !ok:
+					p.add(aat, "%q is not in the provider catalog", name)
+				case prov.AuthType != catalog.AuthOAuth2:
+					p.add(aat, "provider %s does not use OAuth2", name)
+				}
+			}
+			if app.ClientID == "" {
+				p.add(aat+".clientID", "is required")
+			}
+			if app.ClientSecretFile != "" {
+				app.ClientSecretFile = rel(app.ClientSecretFile)
+				if _, err := os.Stat(app.ClientSecretFile); err != nil {
+					p.add(aat+".clientSecretFile", "%v", err)
+				}
+			}
+			if app.RedirectURL != "" {
+				if u, err := url.Parse(app.RedirectURL); err != nil || !u.IsAbs() || u.Host == "" {
+					p.add(aat+".redirectURL", "%q must be an absolute URL", app.RedirectURL)
+				}
+			}
+			pr.ProviderApps[name] = app
+		}
+	}
+	if len(p.errs) > 0 {
+		return nil, errors.Join(p.errs...)
+	}
+	return c, nil
+}
+
+func checkListen(p *problems, path, v string, unixOK bool) {
+	if v == "" {
+		p.add(path, "is required")
+		return
+	}
+	if rest, ok := strings.CutPrefix(v, "unix://"); ok {
+		if !unixOK {
+			p.add(path, "%q: a unix socket is not supported here", v)
+		} else if !filepath.IsAbs(rest) {
+			p.add(path, "%q: the socket path must be absolute (unix:///run/ampproxy/extproc.sock)", v)
+		}
+		return
+	}
+	if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+		p.add(path, "%q: want host:port%s", v, map[bool]string{true: " or unix:///path.sock"}[unixOK])
+	}
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

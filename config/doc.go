@@ -1,0 +1,21 @@
+// Package config loads ampproxy.yaml and each project's amp.yaml manifest
+// (DESIGN §4), with the provider catalog and its override file.
+//
+// Loading is strict and complete: unknown fields are errors, and every
+// problem in the server config, the manifests and the catalog override is
+// reported at once, each as "file:line: field.path: what is wrong", so
+// `ampproxy check` can list them all. Relative paths are resolved against
+// the directory of the file that names them.
+//
+// It owns parsing and validation and the project API-key ring (KeyRing):
+// keys are compared as SHA-256 digests in constant time, and keys given by
+// file are re-read when the file changes, since Kubernetes rotates mounted
+// Secrets in place. It does not open the store or listen on anything.
+//
+// # Caveats
+//
+// A Config is immutable once loaded; reloading builds a new one and swaps
+// it. KeyRing.Watch polls file metadata (mtime, size, inode) rather than
+// relying on inotify, which does not see Kubernetes' symlink swaps
+// reliably.
+package config

@@ -1,0 +1,131 @@
+package config
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// KeyRing verifies a project's API keys. Keys given as files are re-read
+// when the file changes, because Kubernetes rotates a mounted Secret by
+// swapping the file in place.
+type KeyRing struct {
+	static [][32]byte
+	files  []string
+
+	hashes atomic.Pointer[[][32]byte]
+
+	mu    sync.Mutex // serialises Refresh and guards stamp and cur
+	stamp map[string]fileStamp
+	cur   map[string][32]byte
+}
+
+type fileStamp struct {
+	mod  time.Time
+	size int64
+	ino  uint64
+}
+
+func newKeyRing(static [][32]byte, files []string) *KeyRing {
+	k := &KeyRing{static: static, files: files, stamp: map[string]fileStamp{}, cur: map[string][32]byte{}}
+	all := append([][32]byte(nil), static...)
+	k.hashes.Store(&all)
+	k.Refresh()
+	return k
+}
+
+// Check reports whether key is one of the project's keys. It hashes the key
+// and compares against every configured hash in constant time, so neither
+// the result's timing nor an early exit tells which bytes matched.
+func (k *KeyRing) Check(key string) bool {
+	if key == "" {
+		return false
+	}
+	h := sha256.Sum256([]byte(key))
+	ok := 0
+	for _, want := range *k.hashes.Load() {
+		ok |= subtle.ConstantTimeCompare(h[:], want[:])
+	}
+	return ok == 1
+}
+
+// Refresh re-reads key files whose size, time or inode changed. A file that
+// cannot be read keeps its previous key, so a rotation in progress never
+// locks callers out; it reports whether anything changed.
+func (k *KeyRing) Refresh() bool {
+	if len(k.files) == 0 {
+		return false
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	changed := false
+	for _, f := range k.files {
+		st, err := os.Stat(f)
+		if err != nil {
+			continue
+		}
+		s := fileStamp{mod: st.ModTime(), size: st.Size(), ino: inode(st)}
+		if old, ok := k.stamp[f]; ok && old == s {
+			continue
+		}
+		key, err := readKeyFile(f)
+		if err != nil {
+			continue
+		}
+		k.stamp[f] = s
+		k.cur[f] = sha256.Sum256(key)
+		changed = true
+	}
+	if changed {
+		all := append([][32]byte(nil), k.static...)
+		for _, f := range k.files {
+			if h, ok := k.cur[f]; ok {
+				all = append(all, h)
+			}
+		}
+		k.hashes.Store(&all)
+	}
+	return changed
+}
+
+// Watch calls Refresh every interval until ctx ends. Polling rather than
+// inotify: Kubernetes swaps a Secret through a symlink rename that
+// file-watchers on the target miss.
+func (k *KeyRing) Watch(ctx context.Context, interval time.Duration) {
+	if len(k.files) == 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			k.Refresh()
+		}
+	}
+}
+
+// readKeyFile returns the key a file holds, without surrounding whitespace.
+// Errors never contain the key.
+func readKeyFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%s: %w", path, errEmptyKey)
+	}
+	return b, nil
+}
+
+var errEmptyKey = errors.New("key file is empty")

@@ -1,0 +1,63 @@
+package extproc
+
+import (
+	"context"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+)
+
+var respHeaders = &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+	{Key: ":status", RawValue: []byte("200")},
+	{Key: "content-type", RawValue: []byte("application/json")},
+}}}
+
+// BenchmarkHandlers measures ampproxy's own work for one request: the
+// request phase and the response phase, without gRPC.
+func BenchmarkHandlers(b *testing.B) {
+	for _, integ := range []string{"key-int", "query-int", "oauth-int"} {
+		b.Run(integ, func(b *testing.B) {
+			h := newHarness(b, newFixture())
+			req := &extprocv3.HttpHeaders{Headers: envoyHeaders("/services/data/v56.0/sobjects/Account?limit=10", proxyHeaders(integ, "g1")...), EndOfStream: true}
+			h.srv.log = discardLogger
+			b.ReportAllocs()
+			for b.Loop() {
+				var st stream
+				if r := h.srv.requestHeaders(&st, req); r.GetRequestHeaders() == nil {
+					b.Fatal(r)
+				}
+				h.srv.responseHeaders(&st, respHeaders)
+				h.srv.logRequest(&st)
+			}
+		})
+	}
+}
+
+// BenchmarkStream measures one full ext_proc stream as Envoy drives it
+// (open, request headers, response headers, close) over an in-process gRPC
+// connection. Allocations include the client side of the benchmark.
+func BenchmarkStream(b *testing.B) {
+	h := newHarness(b, newFixture())
+	h.srv.log = discardLogger
+	req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &extprocv3.HttpHeaders{Headers: envoyHeaders("/v1/items", proxyHeaders("key-int", "g1")...), EndOfStream: true}}}
+	resp := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: respHeaders}}
+	b.ReportAllocs()
+	for b.Loop() {
+		st, err := h.cli.Process(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		st.Send(req)
+		if _, err := st.Recv(); err != nil {
+			b.Fatal(err)
+		}
+		st.Send(resp)
+		if _, err := st.Recv(); err != nil {
+			b.Fatal(err)
+		}
+		st.CloseSend()
+		st.Recv()
+	}
+}

@@ -1,0 +1,30 @@
+// Package extproc is ampproxy's envoy.service.ext_proc.v3.ExternalProcessor
+// server: for each HTTP request Envoy opens one stream and sends the
+// request headers, then the response headers; this package turns the
+// first into an authenticated provider request and reads the second.
+//
+// It owns the proxy contract of DESIGN §2: validating the x-amp-* headers,
+// authenticating the caller, choosing the installation (the installation
+// ID wins over integration name plus group ref), checking proxy.enabled,
+// resolving the upstream through the catalog, removing every control
+// header and setting the credential. Errors leave as an ImmediateResponse
+// carrying application/problem+json. It does not own storage (a Store
+// answers look-ups from memory), the catalog, or configuration loading.
+//
+// # Envoy's rules
+//
+// Mutations follow what Envoy's ext_proc filter actually applies: values
+// go in raw_value only (Envoy ignores value when raw_value is set and
+// reads an empty header otherwise); append is left unset, so a set
+// overwrites; clear_route_cache is sent together with the header
+// mutation, the only place where it counts; :authority changes need
+// mutation_rules.allow_all_routing in the filter config (envoy/envoy.yaml
+// sets it).
+//
+// # Caveats
+//
+// The hot path reads only memory: the config is an atomic pointer swapped
+// on reload, and the Store must answer without disk I/O. An expired OAuth2
+// access token is answered with 424 (token-expired) because this build
+// does not refresh tokens yet.
+package extproc

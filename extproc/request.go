@@ -1,0 +1,213 @@
+package extproc
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/ampproxy/ampproxy/catalog"
+	"github.com/ampproxy/ampproxy/tokens"
+)
+
+// route decides where the request goes and with which credential; it
+// returns either the header mutation or the problem to answer with.
+func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, *Problem) {
+	in, p := parseHeaders(h.GetHeaders())
+	st.requestID = in.requestID
+	if p != nil {
+		return nil, p
+	}
+	switch {
+	case in.version == "":
+		return nil, badRequest("missing-header", "x-amp-proxy-version is required")
+	case in.version != "1":
+		return nil, badRequest("unsupported-version", "x-amp-proxy-version must be 1")
+	case in.project == "":
+		return nil, badRequest("missing-header", "x-amp-project-id is required")
+	case in.mode != "" && in.mode != "throttle":
+		return nil, badRequest("invalid-header", "x-amp-rate-limiter-mode must be throttle when given")
+	case in.installation == "" && (in.integration == "" || in.groupRef == ""):
+		return nil, badRequest("missing-selector", "x-amp-installation-id, or x-amp-integration-name together with x-amp-group-ref, is required")
+	}
+	st.throttle = in.mode == "throttle"
+
+	cfg := s.cfg.Load()
+	proj, ok := cfg.Project(in.project)
+	// The key is checked even for an unknown project (against nothing), and
+	// both failures give the same answer, so that a caller cannot probe for
+	// project IDs.
+	if !ok || !proj.Keys.Check(in.apiKey) {
+		return nil, unauthorized()
+	}
+	st.project = proj.ID
+
+	// The installation ID wins when both selectors are given (DESIGN §2).
+	var inst *tokens.Installation
+	if in.installation != "" {
+		inst, ok = s.store.Installation(in.installation)
+		ok = ok && inst.ProjectID == proj.ID
+	} else {
+		inst, ok = s.store.InstallationByGroup(proj.ID, in.integration, in.groupRef)
+	}
+	if !ok {
+		return nil, notFound("installation-not-found", "no installation matches the given selector in this project")
+	}
+	st.inst = inst
+	st.integ = inst.Integration
+
+	integ, ok := proj.Integrations.Integration(inst.Integration)
+	if !ok {
+		return nil, notFound("integration-not-found", "the installation's integration "+inst.Integration+" is no longer in the project's manifest")
+	}
+	if !integ.Proxy.Enabled {
+		return nil, forbidden("proxy-disabled", "integration "+integ.Name+" does not have proxy.enabled: true in the manifest")
+	}
+	prov, ok := cfg.Providers.Provider(integ.Provider)
+	if !ok || !prov.Proxy {
+		return nil, forbidden("provider-not-proxyable", "provider "+integ.Provider+" cannot be proxied")
+	}
+	st.provider = prov
+
+	conn, ok := s.store.Connection(inst.ConnectionID)
+	if !ok || conn.ProjectID != proj.ID {
+		return nil, notFound("connection-not-found", "the installation's connection no longer exists")
+	}
+	st.conn = conn
+	if conn.Status == tokens.StatusBadCredentials {
+		return nil, failedDependency("bad-credentials", "the connection's credentials were rejected by the provider; update or replace the connection")
+	}
+
+	up, err := prov.Resolve(conn.Metadata, in.path)
+	switch {
+	case errors.Is(err, catalog.ErrBadPath):
+		return nil, badRequest("invalid-path", err.Error())
+	case err != nil:
+		return nil, failedDependency("invalid-connection-metadata", "the connection's metadata does not fit provider "+prov.Name+": "+err.Error())
+	}
+	st.upstream = up.Authority
+
+	set := make([]*corev3.HeaderValueOption, 0, 3)
+	set = append(set, header(":authority", up.Authority))
+	path := up.Path
+	credHeader := ""
+	switch prov.AuthType {
+	case catalog.AuthAPIKey:
+		key := conn.Credential.APIKey
+		if key == "" {
+			return nil, failedDependency("missing-credential", "the connection holds no API key")
+		}
+		if prov.APIKey.Query != "" {
+			path = catalog.SetQueryParam(path, prov.APIKey.Query, key)
+		} else {
+			credHeader = prov.APIKeyHeaderLower()
+			set = append(set, header(credHeader, prov.APIKey.Header.Prefix+key))
+		}
+	case catalog.AuthBasic:
+		c := conn.Credential
+		if c.Username == "" && c.Password == "" {
+			return nil, failedDependency("missing-credential", "the connection holds no basic-auth credentials")
+		}
+		credHeader = "authorization"
+		set = append(set, header(credHeader, "Basic "+base64.StdEncoding.EncodeToString([]byte(c.Username+":"+c.Password))))
+	case catalog.AuthOAuth2:
+		c := conn.Credential
+		if c.AccessToken == "" {
+			return nil, failedDependency("missing-credential", "the connection holds no OAuth2 access token")
+		}
+		if !c.Expiry.IsZero() && !s.now().Before(c.Expiry) {
+			return nil, failedDependency("token-expired", "the connection's OAuth2 access token expired at "+c.Expiry.UTC().Format(time.RFC3339)+" and this build does not refresh tokens")
+		}
+		credHeader = "authorization"
+		set = append(set, header(credHeader, "Bearer "+c.AccessToken))
+	}
+	if path != in.path {
+		set = append(set, header(":path", path))
+	}
+
+	remove := in.remove
+	// Envoy applies removals before sets, but a header that is set must not
+	// also be listed for removal; the caller's own authorization goes
+	// whenever ampproxy supplies a credential (DESIGN §2).
+	if credHeader != "" {
+		remove = without(remove, credHeader)
+		if credHeader != "authorization" && in.hasAuthorization {
+			remove = append(remove, "authorization")
+		}
+	}
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_RequestHeaders{
+			RequestHeaders: &extprocv3.HeadersResponse{
+				Response: &extprocv3.CommonResponse{
+					HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: set, RemoveHeaders: remove},
+					// The route was chosen on the caller's :authority; the
+					// new one must pick the dynamic-forward-proxy route
+					// again. Envoy honours this only together with a
+					// mutation, which this response always carries.
+					ClearRouteCache: true,
+				},
+			},
+		},
+	}, nil
+}
+
+func without(list []string, name string) []string {
+	out := list[:0]
+	for _, s := range list {
+		if s != name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// responseHeaders records the provider's status for the stream.
+func (s *Server) responseHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		if hv.Key == ":status" {
+			v := hv.RawValue
+			if len(v) == 0 {
+				v = []byte(hv.Value)
+			}
+			st.status, _ = strconv.Atoi(string(v))
+			break
+		}
+	}
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}},
+	}
+}
+
+// logRequest writes the one line per request. It carries names and IDs,
+// never a header value that could be a secret.
+func (s *Server) logRequest(st *stream) {
+	if st.start.IsZero() || !s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("requestId", st.requestID),
+		slog.String("project", st.project),
+		slog.String("integration", st.integ),
+		slog.String("outcome", st.outcome),
+		slog.Int("status", st.status),
+		// latency is ampproxy's own processing time; total adds the
+		// provider's time between the two phases.
+		slog.Duration("latency", st.own),
+		slog.Duration("total", s.now().Sub(st.start)),
+	}
+	if st.provider != nil {
+		attrs = append(attrs, slog.String("provider", st.provider.Name))
+	}
+	if st.inst != nil {
+		attrs = append(attrs, slog.String("installation", st.inst.ID))
+	}
+	if st.upstream != "" {
+		attrs = append(attrs, slog.String("upstream", st.upstream))
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+}

@@ -1,0 +1,235 @@
+package extproc
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"golang.org/x/net/http/httpguts"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/ampproxy/ampproxy/catalog"
+	"github.com/ampproxy/ampproxy/config"
+	"github.com/ampproxy/ampproxy/tokens"
+)
+
+// Store is what the request path reads from the connection store. Both
+// look-ups are served from memory.
+type Store interface {
+	Installation(id string) (*tokens.Installation, bool)
+	InstallationByGroup(projectID, integration, groupRef string) (*tokens.Installation, bool)
+	Connection(id string) (*tokens.Connection, bool)
+}
+
+// Options configure a Server. Store and Config are required.
+type Options struct {
+	Store  Store
+	Config *config.Config
+	// Now is the clock for token expiry; default time.Now.
+	Now func() time.Time
+	// Logger receives one line per request; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the ext_proc service. It is safe for concurrent streams.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+
+	store  Store
+	cfg    atomic.Pointer[config.Config]
+	now    func() time.Time
+	log    *slog.Logger
+	health *health.Server
+}
+
+var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// New returns a Server.
+func New(o Options) *Server {
+	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer()}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.cfg.Store(o.Config)
+	return s
+}
+
+// SetConfig swaps the configuration; streams already open keep the one
+// they started with for their request phase.
+func (s *Server) SetConfig(c *config.Config) { s.cfg.Store(c) }
+
+// Register adds the ext_proc and gRPC health services to g and marks both
+// serving.
+func (s *Server) Register(g *grpc.Server) {
+	extprocv3.RegisterExternalProcessorServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+}
+
+// Shutdown marks the health service not serving, so that Envoy and
+// Kubernetes stop sending new work while open streams finish.
+func (s *Server) Shutdown() { s.health.Shutdown() }
+
+// stream is what the request phase leaves for the response phase of the
+// same HTTP request.
+type stream struct {
+	start     time.Time
+	own       time.Duration // ampproxy's own time over both phases
+	requestID string
+	project   string
+	integ     string
+	provider  *catalog.Provider
+	inst      *tokens.Installation
+	conn      *tokens.Connection
+	throttle  bool
+	upstream  string
+	status    int
+	outcome   string
+}
+
+// Process serves one HTTP request's stream: request headers, then response
+// headers. Messages for phases the filter config does not send (bodies,
+// trailers) get an empty answer of the matching kind.
+func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	var st stream
+	defer s.logRequest(&st)
+	for {
+		req, err := srv.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		}
+		var resp *extprocv3.ProcessingResponse
+		t0 := s.now()
+		switch r := req.Request.(type) {
+		case *extprocv3.ProcessingRequest_RequestHeaders:
+			st.start = t0
+			resp = s.requestHeaders(&st, r.RequestHeaders)
+		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			resp = s.responseHeaders(&st, r.ResponseHeaders)
+		case *extprocv3.ProcessingRequest_RequestBody:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+		case *extprocv3.ProcessingRequest_ResponseBody:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+		case *extprocv3.ProcessingRequest_RequestTrailers:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+		case *extprocv3.ProcessingRequest_ResponseTrailers:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+		default:
+			return status.Error(codes.InvalidArgument, "unknown ext_proc message")
+		}
+		st.own += s.now().Sub(t0)
+		if err := srv.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// maxControlHeader bounds every x-amp-* and x-api-key value: real values
+// are IDs and keys, and a bound keeps hostile input out of lookups and logs.
+const maxControlHeader = 512
+
+// incoming holds the headers the request phase reads.
+type incoming struct {
+	version, project, apiKey, installation, integration, groupRef, mode string
+	path, requestID                                                     string
+	hasAuthorization                                                    bool
+	remove                                                              []string
+}
+
+// parseHeaders reads Envoy's header map. Control headers must appear once
+// and hold only visible characters; the names of every x-amp-* header and
+// x-api-key are collected for removal.
+func parseHeaders(hm *corev3.HeaderMap) (incoming, *Problem) {
+	var in incoming
+	if hm == nil {
+		return in, badRequest("missing-header", "no request headers")
+	}
+	for _, h := range hm.GetHeaders() {
+		// Envoy sends values in raw_value; value is read only as a fallback
+		// for peers that use the older field.
+		v := string(h.RawValue)
+		if len(h.RawValue) == 0 {
+			v = h.Value
+		}
+		k := h.Key
+		var dst *string
+		switch k {
+		case ":path":
+			in.path = v
+			continue
+		case "x-request-id":
+			in.requestID = v
+			if len(v) > 128 || !httpguts.ValidHeaderFieldValue(v) {
+				in.requestID = ""
+			}
+			continue
+		case "authorization":
+			in.hasAuthorization = true
+			continue
+		case "x-amp-proxy-version":
+			dst = &in.version
+		case "x-amp-project-id":
+			dst = &in.project
+		case "x-api-key":
+			dst = &in.apiKey
+		case "x-amp-installation-id":
+			dst = &in.installation
+		case "x-amp-integration-name":
+			dst = &in.integration
+		case "x-amp-group-ref":
+			dst = &in.groupRef
+		case "x-amp-rate-limiter-mode":
+			dst = &in.mode
+		default:
+			if strings.HasPrefix(k, "x-amp-") {
+				in.remove = append(in.remove, k)
+			}
+			continue
+		}
+		if *dst != "" {
+			return in, badRequest("duplicate-header", k+" is given more than once")
+		}
+		if len(v) > maxControlHeader {
+			return in, badRequest("invalid-header", k+" is longer than 512 bytes")
+		}
+		if !httpguts.ValidHeaderFieldValue(v) || strings.TrimSpace(v) != v {
+			return in, badRequest("invalid-header", k+" holds characters that are not allowed")
+		}
+		if v == "" {
+			return in, badRequest("invalid-header", k+" is empty")
+		}
+		*dst = v
+		in.remove = append(in.remove, k)
+	}
+	return in, nil
+}
+
+// requestHeaders runs DESIGN §1's request phase: validate → authenticate →
+// find installation → credential → header mutation.
+func (s *Server) requestHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	resp, p := s.route(st, h)
+	if p != nil {
+		p.RequestID = st.requestID
+		st.status = p.Status
+		st.outcome = p.Slug()
+		return immediate(p)
+	}
+	st.outcome = "forwarded"
+	return resp
+}

@@ -1,0 +1,193 @@
+package admin
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/ampproxy/ampproxy/tokens"
+)
+
+// GenerateConnectionRequest is the body of
+// POST /v1/projects/{project}/connections:generate. At most one credential
+// field is set, the one the provider's authType calls for (none for a
+// provider with authType none).
+//
+// Its String, GoString and LogValue show which credential is present, never
+// its value.
+type GenerateConnectionRequest struct {
+	GroupRef    string `json:"groupRef"`
+	ConsumerRef string `json:"consumerRef"`
+	Provider    string `json:"provider"`
+	// ProviderWorkspaceRef is the provider's "workspace" metadata value,
+	// given on its own as in Ampersand's API. It may also be given as
+	// ProviderMetadata["workspace"], but not twice with different values.
+	ProviderWorkspaceRef string            `json:"providerWorkspaceRef,omitempty"`
+	ProviderMetadata     map[string]string `json:"providerMetadata,omitempty"`
+
+	APIKey                  string                   `json:"apiKey,omitempty"`
+	BasicAuth               *BasicAuth               `json:"basicAuth,omitempty"`
+	OAuth2ClientCredentials *OAuth2ClientCredentials `json:"oauth2ClientCredentials,omitempty"`
+	OAuth2AuthorizationCode *OAuth2AuthorizationCode `json:"oauth2AuthorizationCode,omitempty"`
+}
+
+// BasicAuth is an HTTP Basic credential. Password may be empty: several
+// providers take an API key as the user name and no password.
+type BasicAuth struct {
+	Username string `json:"username"`
+	Password string `json:"password,omitempty"`
+}
+
+// OAuth2ClientCredentials is an OAuth2 client of the provider; ampproxy
+// mints access tokens with it through the client-credentials grant.
+type OAuth2ClientCredentials struct {
+	ClientID     string   `json:"clientId"`
+	ClientSecret string   `json:"clientSecret"`
+	Scopes       []string `json:"scopes,omitempty"`
+}
+
+// OAuth2AuthorizationCode is a token pair obtained elsewhere through the
+// authorization-code grant (with or without PKCE). A refresh token needs
+// the project's providerApps entry for the provider to be used. A token
+// with an empty Token counts as absent.
+type OAuth2AuthorizationCode struct {
+	AccessToken  AccessToken  `json:"accessToken,omitzero"`
+	RefreshToken RefreshToken `json:"refreshToken,omitzero"`
+	Scopes       []string     `json:"scopes,omitempty"`
+}
+
+// AccessToken is an OAuth2 access token and, when known, its expiry.
+type AccessToken struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+}
+
+// RefreshToken is an OAuth2 refresh token.
+type RefreshToken struct {
+	Token string `json:"token"`
+}
+
+// CreateInstallationRequest is the body of
+// POST /v1/projects/{project}/integrations/{integrationName}/installations.
+type CreateInstallationRequest struct {
+	GroupRef string `json:"groupRef"`
+	// ConnectionID is optional: without it the group's newest connection to
+	// the integration's provider is used.
+	ConnectionID string `json:"connectionId,omitempty"`
+}
+
+// ConnectionFilter narrows a connection listing; an empty field matches
+// any value.
+type ConnectionFilter = tokens.ConnectionFilter
+
+// ConnectionList is one page of GET …/connections. NextPageToken is empty
+// on the last page.
+type ConnectionList struct {
+	Items         []*tokens.Connection `json:"items"`
+	NextPageToken string               `json:"nextPageToken,omitempty"`
+}
+
+// InstallationList is one page of GET …/installations. NextPageToken is
+// empty on the last page.
+type InstallationList struct {
+	Items         []*tokens.Installation `json:"items"`
+	NextPageToken string                 `json:"nextPageToken,omitempty"`
+}
+
+const redacted = "[REDACTED]"
+
+// credentialKinds names the credential fields the request carries, in
+// field order; an empty apiKey counts as absent.
+func (r GenerateConnectionRequest) credentialKinds() []string {
+	var kinds []string
+	if r.APIKey != "" {
+		kinds = append(kinds, fieldAPIKey)
+	}
+	if r.BasicAuth != nil {
+		kinds = append(kinds, fieldBasicAuth)
+	}
+	if r.OAuth2ClientCredentials != nil {
+		kinds = append(kinds, fieldClientCredentials)
+	}
+	if r.OAuth2AuthorizationCode != nil {
+		kinds = append(kinds, fieldAuthorizationCode)
+	}
+	return kinds
+}
+
+// String shows the non-secret fields and the kind of credential.
+func (r GenerateConnectionRequest) String() string {
+	return "GenerateConnectionRequest{provider=" + r.Provider + " groupRef=" + r.GroupRef +
+		" consumerRef=" + r.ConsumerRef + " credential=" + kindsString(r.credentialKinds()) + "}"
+}
+
+// GoString is String, so that %#v hides secrets too.
+func (r GenerateConnectionRequest) GoString() string { return r.String() }
+
+// LogValue shows the non-secret fields and the kind of credential.
+func (r GenerateConnectionRequest) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("provider", r.Provider),
+		slog.String("groupRef", r.GroupRef),
+		slog.String("consumerRef", r.ConsumerRef),
+		slog.String("credential", kindsString(r.credentialKinds())),
+	)
+}
+
+func kindsString(k []string) string {
+	if len(k) == 0 {
+		return "none"
+	}
+	s := k[0]
+	for _, x := range k[1:] {
+		s += "," + x
+	}
+	return s
+}
+
+// String hides the user name too: several providers take the API key as
+// the user name.
+func (BasicAuth) String() string { return "BasicAuth{" + redacted + "}" }
+
+// GoString hides both fields.
+func (b BasicAuth) GoString() string { return b.String() }
+
+// LogValue hides both fields.
+func (b BasicAuth) LogValue() slog.Value { return slog.StringValue(b.String()) }
+
+// String hides the secret.
+func (c OAuth2ClientCredentials) String() string {
+	return "OAuth2ClientCredentials{clientId=" + c.ClientID + " clientSecret=" + redacted + "}"
+}
+
+// GoString hides the secret.
+func (c OAuth2ClientCredentials) GoString() string { return c.String() }
+
+// LogValue hides the secret.
+func (c OAuth2ClientCredentials) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// String hides both tokens.
+func (OAuth2AuthorizationCode) String() string { return "OAuth2AuthorizationCode{" + redacted + "}" }
+
+// GoString hides both tokens.
+func (c OAuth2AuthorizationCode) GoString() string { return c.String() }
+
+// LogValue hides both tokens.
+func (c OAuth2AuthorizationCode) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// String hides the token.
+func (AccessToken) String() string { return redacted }
+
+// GoString hides the token.
+func (AccessToken) GoString() string { return redacted }
+
+// LogValue hides the token.
+func (AccessToken) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// String hides the token.
+func (RefreshToken) String() string { return redacted }
+
+// GoString hides the token.
+func (RefreshToken) GoString() string { return redacted }
+
+// LogValue hides the token.
+func (RefreshToken) LogValue() slog.Value { return slog.StringValue(redacted) }

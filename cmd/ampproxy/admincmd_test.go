@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ampproxy/ampproxy/tokens"
+)
+
+// TestAdminCLI drives `ampproxy admin` against a running serve: the CLI
+// is a client of the admin API, in table and JSON output, and failures
+// print the problem's detail with a non-zero exit.
+func TestAdminCLI(t *testing.T) {
+	dir := t.TempDir()
+	cfg := goodConfig(t, dir, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	server := "http://" + waitForLog(t, logs, `"admin":"`, done)
+	t.Setenv("AMPPROXY_SERVER", server)
+	t.Setenv("AMPPROXY_PROJECT", "demo")
+	t.Setenv("AMPPROXY_API_KEY", "test-key")
+
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("hs_ACCESS_TOKEN_must_not_print\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expires := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	code, out, errOut := runMain(t, "admin", "connections", "generate", "-o", "json", "--provider", "hubspot",
+		"--group-ref", "acme", "--consumer-ref", "alice", "--access-token", "@"+tokenFile,
+		"--refresh-token", "hs_REFRESH_TOKEN_must_not_print", "--expires-at", expires)
+	if code != 0 {
+		t.Fatalf("generate: exit %d: %s", code, errOut)
+	}
+	var conn tokens.Connection
+	if err := json.Unmarshal([]byte(out), &conn); err != nil || conn.ID == "" || conn.Provider != "hubspot" {
+		t.Fatalf("generate output %q: %v", out, err)
+	}
+	if strings.Contains(out, "must_not_print") {
+		t.Error("a token was printed")
+	}
+
+	code, out, errOut = runMain(t, "admin", "connections", "list")
+	if code != 0 || !strings.Contains(out, "PROVIDER") || !strings.Contains(out, conn.ID) {
+		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = runMain(t, "admin", "connections", "get", conn.ID, "-o", "json")
+	if code != 0 || !strings.Contains(out, `"groupRef": "acme"`) {
+		t.Fatalf("get: exit %d\n%s", code, out)
+	}
+
+	code, out, errOut = runMain(t, "admin", "installations", "create", "--integration", "crm", "--group-ref", "acme", "-o", "json")
+	var inst tokens.Installation
+	if code != 0 || json.Unmarshal([]byte(out), &inst) != nil || inst.ConnectionID != conn.ID {
+		t.Fatalf("install: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = runMain(t, "admin", "installations", "list", "-o", "json")
+	if code != 0 || !strings.Contains(out, inst.ID) {
+		t.Fatalf("installations list: exit %d\n%s", code, out)
+	}
+
+	// Failures: the problem detail, exit 1.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"admin", "installations", "create", "--integration", "crm", "--group-ref", "acme"}, "409"},
+		{[]string{"admin", "connections", "delete", conn.ID}, "409"},
+		{[]string{"admin", "connections", "get", "no-such-id"}, "404"},
+		{[]string{"admin", "connections", "generate", "--provider", "nope", "--group-ref", "g", "--consumer-ref", "c"}, "provider"},
+		{[]string{"admin", "connections", "list", "--api-key", "wrong"}, "401"},
+	} {
+		code, _, errOut := runMain(t, tc.args...)
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want 1 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+	// Usage mistakes: exit 2, nothing sent.
+	for _, args := range [][]string{
+		{"admin", "connections"},
+		{"admin", "connections", "frob"},
+		{"admin", "connections", "get"},
+		{"admin", "installations", "get", "x"},
+		{"admin", "connections", "list", "-o", "yaml"},
+	} {
+		if code, _, _ := runMain(t, args...); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+
+	if code, out, errOut := runMain(t, "admin", "installations", "delete", "--integration", "crm", inst.ID); code != 0 || !strings.Contains(out, "deleted installation") {
+		t.Fatalf("delete installation: exit %d %s%s", code, out, errOut)
+	}
+	if code, _, errOut := runMain(t, "admin", "connections", "delete", conn.ID); code != 0 {
+		t.Fatalf("delete connection: exit %d %s", code, errOut)
+	}
+	if strings.Contains(logs.String(), "must_not_print") || strings.Contains(logs.String(), "test-key") {
+		t.Error("serve logged a secret")
+	}
+}
+
+// TestDev runs `ampproxy dev` and sends a request through its data plane:
+// ampproxy answers it (here with the 400 for a missing header), which
+// proves the data plane reaches the ext_proc server.
+func TestDev(t *testing.T) {
+	dir := t.TempDir()
+	sdir, err := os.MkdirTemp("", "amp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sdir) })
+	cfg := goodConfig(t, dir, "unix://"+filepath.Join(sdir, "x.sock"))
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"dev", "--config", cfg, "--listen", "127.0.0.1:0"}, io.Discard, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("dev did not stop")
+		}
+	})
+	url := waitForLog(t, logs, "send requests to ", done)
+	url = strings.Fields(url + " ")[0]
+	resp, err := http.Get(url + "/v1/anything")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "x-amp-proxy-version is required") {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+}

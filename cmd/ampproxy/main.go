@@ -1,0 +1,26 @@
+// Command ampproxy is the ext_proc server that sits beside Envoy and turns a
+// caller's request into an authenticated provider request.
+//
+// Usage:
+//
+//	ampproxy serve --config FILE   run the ext_proc server and the admin API
+//	ampproxy check --config FILE   report every problem in the config, manifests and catalog
+//	ampproxy keys new              print a fresh API key and its SHA-256
+//	ampproxy version               print the version
+//
+// main only wires signals to Main, which the tests call directly.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+func writeFile(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = Main(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "no command given"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"serve"}, 2, "serve needs --config FILE"},
+		{[]string{"check", "--config", "a", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"keys"}, 2, "keys takes one subcommand"},
+		{[]string{"check", "--config", "/nonexistent/ampproxy.yaml"}, 1, "/nonexistent/ampproxy.yaml"},
+	} {
+		code, stdout, stderr := runMain(t, tc.args...)
+		if code != tc.code || !strings.Contains(stdout+stderr, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	if code, out, _ := runMain(t, "version"); code != 0 || !strings.HasPrefix(out, "ampproxy ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+	if code, out, _ := runMain(t, "help"); code != 0 || !strings.Contains(out, "ampproxy serve") {
+		t.Errorf("help: exit %d, %q", code, out)
+	}
+}
+
+func TestKeysNew(t *testing.T) {
+	code, out, _ := runMain(t, "keys", "new")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var key, sum string
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "api key: "); ok {
+			key = v
+		}
+		if v, ok := strings.CutPrefix(line, "sha256:  "); ok {
+			sum = v
+		}
+	}
+	h := sha256.Sum256([]byte(key))
+	if !strings.HasPrefix(key, "amp_") || len(key) < 40 || sum != hex.EncodeToString(h[:]) {
+		t.Fatalf("key %q sum %q do not match", key, sum)
+	}
+	_, out2, _ := runMain(t, "keys", "new")
+	if strings.Contains(out2, key) {
+		t.Fatal("two runs printed the same key")
+	}
+}
+
+// TestCheckReportsEveryMistake writes a config with mistakes in the server
+// config, a manifest and the catalog override, and expects every one of
+// them on its own line, with file and field.
+func TestCheckReportsEveryMistake(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "amp.yaml", `specVersion: 1.0.0
+integrations:
+  - name: crm
+    provider: hubspot
+  - name: "Has Spaces"
+    provider: hubspot
+`)
+	writeFile(t, dir, "providers.local.yaml", `providers:
+  - name: myApi
+    baseURL: https://{{.tenant}}.example.com
+    authType: apiKey
+    apiKey: {header: {name: X-Key}, query: key}
+`)
+	cfg := writeFile(t, dir, "ampproxy.yaml", `grpc:
+  listen: "not an address"
+admin:
+  listen: 127.0.0.1:0
+storage:
+  path: data/ampproxy.db
+  encryptionKeyFile: data/master.key
+catalog:
+  overrides: providers.local.yaml
+throttle:
+  maxWindow: forever
+projects:
+  - id: demo
+    apiKeys:
+      - sha256: 1234
+    manifest: amp.yaml
+`)
+	code, out, _ := runMain(t, "check", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; output:\n%s", code, out)
+	}
+	for _, want := range []string{
+		"ampproxy.yaml:2: grpc.listen",
+		"storage.encryptionKeyFile",
+		`throttle.maxWindow: "forever" is not a duration`,
+		"projects[0].apiKeys[0].sha256",
+		"providers.local.yaml",
+		"tenant",
+		"apiKey",
+		"integrations[1].name",
+		"problem(s) found",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(out)
+	}
+}
+
+func TestCheckGood(t *testing.T) {
+	dir := t.TempDir()
+	cfg := goodConfig(t, dir, "127.0.0.1:0")
+	code, out, stderr := runMain(t, "check", "--config", cfg)
+	if code != 0 || !strings.Contains(out, ": ok (1 project(s), 1 integration(s)") {
+		t.Fatalf("exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+func goodConfig(t *testing.T, dir, grpcListen string) string {
+	t.Helper()
+	writeFile(t, dir, "amp.yaml", `specVersion: 1.0.0
+integrations:
+  - name: crm
+    provider: hubspot
+    proxy: {enabled: true}
+`)
+	h := sha256.Sum256([]byte("test-key"))
+	return writeFile(t, dir, "ampproxy.yaml", `grpc:
+  listen: `+grpcListen+`
+admin:
+  listen: 127.0.0.1:0
+storage:
+  path: data/ampproxy.db
+  encryptionKeyFile: data/master.key
+  createKey: true
+log:
+  format: json
+projects:
+  - id: demo
+    apiKeys:
+      - sha256: `+hex.EncodeToString(h[:])+`
+    manifest: amp.yaml
+`)
+}
+
+// syncBuffer lets the test read what serve logs while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestServe starts serve on TCP and on a unix socket, checks the gRPC
+// health service and the admin health endpoints, then stops it the way
+// SIGTERM does (context cancel) and expects a clean exit and no socket
+// file left behind.
+func TestServe(t *testing.T) {
+	for _, tc := range []struct{ name, listen string }{
+		{"tcp", "127.0.0.1:0"},
+		{"unix", "unix"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			listen, dial := tc.listen, ""
+			if tc.listen == "unix" {
+				// Socket paths are limited to ~104 bytes; TempDir can be long.
+				sdir, err := os.MkdirTemp("", "amp")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { os.RemoveAll(sdir) })
+				sock := filepath.Join(sdir, "x.sock")
+				listen, dial = "unix://"+sock, "unix://"+sock
+			} else {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				listen = l.Addr().String()
+				l.Close()
+				dial = listen
+			}
+			cfg := goodConfig(t, dir, listen)
+			ctx, cancel := context.WithCancel(context.Background())
+			logs := &syncBuffer{}
+			done := make(chan int, 1)
+			go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+			t.Cleanup(func() {
+				cancel()
+				select {
+				case <-done:
+				case <-time.After(30 * time.Second):
+					t.Error("serve did not stop")
+				}
+			})
+
+			admin := waitForLog(t, logs, `"admin":"`, done)
+			conn, err := grpc.NewClient(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+			defer hcancel()
+			resp, err := healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+			if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("grpc health: %v %v", resp, err)
+			}
+			for _, path := range []string{"/healthz", "/readyz"} {
+				r, err := http.Get("http://" + admin + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.Body.Close()
+				if r.StatusCode != 200 {
+					t.Errorf("%s: %d", path, r.StatusCode)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dir, "data", "master.key")); err != nil {
+				t.Errorf("createKey: %v", err)
+			}
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("serve exit %d; logs:\n%s", code, logs)
+			}
+			done <- 0 // for the cleanup
+			if path, ok := strings.CutPrefix(dial, "unix://"); ok {
+				if _, err := os.Stat(path); !os.IsNotExist(err) {
+					t.Errorf("socket %s left behind: %v", path, err)
+				}
+			}
+		})
+	}
+}
+
+// waitForLog waits until serve logs its listening line and returns the
+// admin address from it.
+func waitForLog(t *testing.T, logs *syncBuffer, marker string, done chan int) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		s := logs.String()
+		if i := strings.Index(s, marker); i >= 0 {
+			rest := s[i+len(marker):]
+			if j := strings.IndexAny(rest, "\" \n"); j >= 0 {
+				return rest[:j]
+			}
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("serve exited %d:\n%s", code, s)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("serve did not start:\n%s", logs.String())
+	return ""
+}

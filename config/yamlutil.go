@@ -17,12 +17,17 @@ func decodeStrict(data []byte, file string, v any) (*yaml.Node, []error) {
 	var errs []error
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		doc.Content = []*yaml.Node{nil}
+	}
+	root := doc.Content[0]
 	if err := dec.Decode(v); err != nil {
 		var te *yaml.TypeError
 		switch {
 		case errors.As(err, &te):
 			for _, e := range te.Errors {
-				errs = append(errs, fmt.Errorf("%s: %s", file, e))
+				errs = append(errs, locateTypeError(file, root, e))
 			}
 		case err.Error() == "EOF":
 			errs = append(errs, fmt.Errorf("%s: file is empty", file))
@@ -32,11 +37,60 @@ func decodeStrict(data []byte, file string, v any) (*yaml.Node, []error) {
 			return nil, errs
 		}
 	}
-	var doc yaml.Node
-	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
-		return nil, errs
+	return root, errs
+}
+
+// locateTypeError turns the decoder's "line N: message" into
+// "file:N: field.path: message", naming the field as every other problem
+// does.
+func locateTypeError(file string, root *yaml.Node, e string) error {
+	rest, ok := strings.CutPrefix(e, "line ")
+	if !ok {
+		return fmt.Errorf("%s: %s", file, e)
 	}
-	return doc.Content[0], errs
+	num, msg, ok := strings.Cut(rest, ": ")
+	line, err := strconv.Atoi(num)
+	if !ok || err != nil {
+		return fmt.Errorf("%s: %s", file, e)
+	}
+	if path := pathAtLine(root, line, ""); path != "" {
+		return fmt.Errorf("%s:%d: %s: %s", file, line, path, msg)
+	}
+	return fmt.Errorf("%s:%d: %s", file, line, msg)
+}
+
+// pathAtLine finds the dotted path of the value that starts on line.
+func pathAtLine(n *yaml.Node, line int, prefix string) string {
+	if n == nil {
+		return ""
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if prefix != "" {
+				p = prefix + "." + k.Value
+			}
+			if v.Line == line && v.Kind == yaml.ScalarNode {
+				return p
+			}
+			if found := pathAtLine(v, line, p); found != "" {
+				return found
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", prefix, i)
+			if c.Line == line && c.Kind == yaml.ScalarNode {
+				return p
+			}
+			if found := pathAtLine(c, line, p); found != "" {
+				return found
+			}
+		}
+	}
+	return ""
 }
 
 // locator turns a field path into "file:line: path" for messages.

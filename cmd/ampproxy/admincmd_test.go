@@ -129,7 +129,9 @@ func TestDev(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"dev", "--config", cfg, "--listen", "127.0.0.1:0"}, io.Discard, logs) }()
+	go func() {
+		done <- Main(ctx, []string{"dev", "--config", cfg, "--listen", "127.0.0.1:0"}, io.Discard, logs)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {

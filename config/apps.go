@@ -30,3 +30,19 @@ func (a ProviderApp) ClientSecret() (string, error) {
 	}
 	return s, nil
 }
+
+// Files lists the files a Config was built from: the config itself, the
+// catalog override and every manifest. A change to any of them calls for
+// a reload; key files are watched by each project's KeyRing instead.
+func (c *Config) Files() []string {
+	files := []string{c.Path}
+	if c.Catalog.Overrides != "" {
+		files = append(files, c.Catalog.Overrides)
+	}
+	for _, p := range c.Projects {
+		if p.Manifest != "" {
+			files = append(files, p.Manifest)
+		}
+	}
+	return files
+}

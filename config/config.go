@@ -44,6 +44,9 @@ type GRPC struct {
 // Admin is the admin API, health and metrics listener.
 type Admin struct {
 	Listen string `yaml:"listen"`
+	// Pprof serves net/http/pprof under /debug/pprof/ on the admin
+	// listener. Off by default: profiles reveal internals.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Storage locates the bbolt file and its encryption key.

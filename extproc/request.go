@@ -178,9 +178,26 @@ func (s *Server) responseHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv
 			break
 		}
 	}
+	if st.provider != nil && st.outcome == "forwarded" {
+		s.met.ProviderResponse(st.provider.Name, st.status)
+	}
 	return &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}},
 	}
+}
+
+// finish counts the request and writes its log line, once per stream.
+func (s *Server) finish(st *stream) {
+	if st.start.IsZero() || st.finished {
+		return
+	}
+	st.finished = true
+	provider := ""
+	if st.provider != nil {
+		provider = st.provider.Name
+	}
+	s.met.Request(st.project, st.integ, provider, st.outcome)
+	s.logRequest(st)
 }
 
 // logRequest writes the one line per request. It carries names and IDs,

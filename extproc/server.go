@@ -19,6 +19,7 @@ import (
 
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/config"
+	"github.com/ampproxy/ampproxy/internal/metrics"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -38,6 +39,9 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives one line per request; default slog.Default().
 	Logger *slog.Logger
+	// Metrics records requests, phase latencies and provider statuses;
+	// nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Server is the ext_proc service. It is safe for concurrent streams.
@@ -49,13 +53,14 @@ type Server struct {
 	now    func() time.Time
 	log    *slog.Logger
 	health *health.Server
+	met    *metrics.Metrics
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 
 // New returns a Server.
 func New(o Options) *Server {
-	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer()}
+	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -88,6 +93,7 @@ func (s *Server) Shutdown() { s.health.Shutdown() }
 type stream struct {
 	start     time.Time
 	own       time.Duration // ampproxy's own time over both phases
+	finished  bool          // counted and logged
 	requestID string
 	project   string
 	integ     string
@@ -105,7 +111,7 @@ type stream struct {
 // trailers) get an empty answer of the matching kind.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	var st stream
-	defer s.logRequest(&st)
+	defer s.finish(&st)
 	for {
 		req, err := srv.Recv()
 		if err != nil {
@@ -133,7 +139,20 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		default:
 			return status.Error(codes.InvalidArgument, "unknown ext_proc message")
 		}
-		st.own += s.now().Sub(t0)
+		d := s.now().Sub(t0)
+		st.own += d
+		// The request is counted and logged before the answer that ends
+		// it leaves, so that metrics agree with what callers have seen.
+		switch req.Request.(type) {
+		case *extprocv3.ProcessingRequest_RequestHeaders:
+			s.met.Phase(metrics.RequestHeaders, d)
+			if st.outcome != "forwarded" {
+				s.finish(&st)
+			}
+		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			s.met.Phase(metrics.ResponseHeaders, d)
+			s.finish(&st)
+		}
 		if err := srv.Send(resp); err != nil {
 			return err
 		}

@@ -152,3 +152,45 @@ func TestDev(t *testing.T) {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
 }
+
+// TestReload: a broken manifest is rejected and the running config stays
+// in force; a good one takes effect without a restart.
+func TestReload(t *testing.T) {
+	dir := t.TempDir()
+	cfg := goodConfig(t, dir, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	t.Setenv("AMPPROXY_SERVER", "http://"+waitForLog(t, logs, `"admin":"`, done))
+	t.Setenv("AMPPROXY_PROJECT", "demo")
+	t.Setenv("AMPPROXY_API_KEY", "test-key")
+	if code, _, errOut := runMain(t, "admin", "connections", "generate", "--provider", "hubspot", "--group-ref", "acme",
+		"--consumer-ref", "a", "--access-token", "tok"); code != 0 {
+		t.Fatalf("generate: %s", errOut)
+	}
+	manifest := filepath.Join(dir, "amp.yaml")
+	if err := os.WriteFile(manifest, []byte("specVersion: 1.0.0\nintegrations:\n  - name: Not Valid\n    provider: hubspot\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, logs, "config reload rejected", done)
+	if code, _, errOut := runMain(t, "admin", "installations", "create", "--integration", "crm", "--group-ref", "acme"); code != 0 {
+		t.Fatalf("old config not in force after a rejected reload: %s", errOut)
+	}
+	good := "specVersion: 1.0.0\nintegrations:\n  - name: crm\n    provider: hubspot\n    proxy: {enabled: true}\n  - name: crm2\n    provider: hubspot\n"
+	if err := os.WriteFile(manifest, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, logs, "config reloaded", done)
+	if code, _, errOut := runMain(t, "admin", "installations", "create", "--integration", "crm2", "--group-ref", "acme"); code != 0 {
+		t.Fatalf("new integration not in force after reload: %s", errOut)
+	}
+}

@@ -8,9 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -18,6 +22,7 @@ import (
 	"github.com/ampproxy/ampproxy/admin"
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/extproc"
+	"github.com/ampproxy/ampproxy/internal/metrics"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -30,8 +35,10 @@ var (
 // drainTimeout bounds how long open streams may finish after SIGTERM.
 const drainTimeout = 20 * time.Second
 
-// keyPollInterval is how often API-key files are checked for rotation.
-const keyPollInterval = 5 * time.Second
+// reloadInterval is how often the config, manifest, catalog-override and
+// API-key files are checked for changes. Kubernetes updates mounted
+// ConfigMaps and Secrets in place, so polling is what notices them.
+const reloadInterval = 2 * time.Second
 
 // serve runs the ext_proc server and the admin listener until ctx ends.
 func serve(ctx context.Context, path string, stderr io.Writer) error {
@@ -52,11 +59,15 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for _, p := range cfg.Projects {
-		go p.Keys.Watch(ctx, keyPollInterval)
-	}
 
-	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log})
+	met := metrics.New(buildVersion())
+	met.GaugeFunc("ampproxy_store_connections", "Connections in the store.", func() float64 { return float64(store.Stats().Connections) })
+	met.GaugeFunc("ampproxy_store_installations", "Installations in the store.", func() float64 { return float64(store.Stats().Installations) })
+	met.GaugeFunc("ampproxy_store_file_bytes", "Size of the bbolt file.", func() float64 { return float64(store.Stats().FileBytes) })
+
+	var current atomic.Pointer[config.Config]
+	current.Store(cfg)
+	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met})
 	g := grpc.NewServer()
 	ep.Register(g)
 	glis, err := listen(cfg.GRPC.Listen)
@@ -68,26 +79,44 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 		glis.Close()
 		return fmt.Errorf("admin.listen: %w", err)
 	}
+
+	var ready atomic.Bool
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", admin.New(admin.Options{
 		Store:  store,
-		Config: func() *config.Config { return cfg },
+		Config: current.Load,
 		Logger: log,
 	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ctx.Err() != nil {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		// Ready: the store is open and a config is loaded (both hold
+		// once serving starts) and shutdown has not begun.
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ok\n")
 	})
+	mux.Handle("GET /metrics", met.Handler())
+	if cfg.Admin.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	errc := make(chan error, 2)
 	go func() { errc <- g.Serve(glis) }()
 	go func() { errc <- hs.Serve(alis) }()
-	log.Info("ampproxy serving", "grpc", listenAddr(glis), "admin", alis.Addr().String(), "version", buildVersion())
+	reloaded := make(chan struct{})
+	go func() {
+		defer close(reloaded)
+		watchConfig(ctx, path, log, &current, ep.SetConfig)
+	}()
+	ready.Store(true)
+	log.Info("ampproxy serving", "grpc", listenAddr(glis), "admin", alis.Addr().String(), "version", buildVersion(), "pprof", cfg.Admin.Pprof)
 
 	select {
 	case <-ctx.Done():
@@ -96,20 +125,85 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	}
 	// Not ready first, so that Envoy and Kubernetes stop sending new
 	// streams; then let the open ones finish, bounded by drainTimeout.
+	ready.Store(false)
 	cancel()
 	ep.Shutdown()
+	log.Info("ampproxy draining", "timeout", drainTimeout.String())
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(drainTimeout):
+		log.Warn("drain timeout: closing open streams")
 		g.Stop()
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
 	hs.Shutdown(sctx)
+	<-reloaded
 	log.Info("ampproxy stopped")
 	return err
+}
+
+// watchConfig reloads the config when SIGHUP arrives or one of its files
+// changes, and re-reads API-key files. A new config is applied whole or
+// not at all: a file with problems is rejected with a log line and the
+// old config stays in force.
+func watchConfig(ctx context.Context, path string, log *slog.Logger, current *atomic.Pointer[config.Config], apply func(*config.Config)) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(reloadInterval)
+	defer tick.Stop()
+	seen := fileStamps(current.Load().Files())
+	for {
+		force := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			force = true
+		case <-tick.C:
+		}
+		cfg := current.Load()
+		for _, p := range cfg.Projects {
+			if p.Keys.Refresh() {
+				log.Info("API keys re-read", "project", p.ID)
+			}
+		}
+		now := fileStamps(cfg.Files())
+		if !force && now == seen {
+			continue
+		}
+		seen = now
+		next, err := config.Load(path)
+		if err != nil {
+			log.Error("config reload rejected; the running config stays in force", "err", err)
+			continue
+		}
+		if next.GRPC != cfg.GRPC || next.Admin != cfg.Admin || next.Storage != cfg.Storage {
+			log.Warn("grpc, admin and storage settings change only on restart")
+		}
+		seen = fileStamps(next.Files())
+		current.Store(next)
+		apply(next)
+		log.Info("config reloaded", "projects", len(next.Projects))
+	}
+}
+
+// fileStamps fingerprints files by modification time, size and inode; a
+// missing file has its own stamp, so its return is noticed too.
+func fileStamps(files []string) string {
+	var b strings.Builder
+	for _, f := range files {
+		fi, err := os.Stat(f)
+		if err != nil {
+			fmt.Fprintf(&b, "%s:missing;", f)
+			continue
+		}
+		fmt.Fprintf(&b, "%s:%d:%d:%d;", f, fi.ModTime().UnixNano(), fi.Size(), inode(fi))
+	}
+	return b.String()
 }
 
 // listen opens a TCP address or a unix:///path socket. A stale socket file

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // BodySHA256Header carries, on a GET /v1/big answer, the hex SHA-256 of the
@@ -104,6 +105,15 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 	seen.Status = status
 	s.record(seen)
 	s.logRequest(r, status, seen.Auth)
+
+	// delay_ms holds the answer back, for tests of requests in flight.
+	if ms, err := strconv.Atoi(r.URL.Query().Get("delay_ms")); err == nil && ms > 0 {
+		select {
+		case <-time.After(time.Duration(min(ms, 30_000)) * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	switch {
 	case limit.status != 0:

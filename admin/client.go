@@ -93,6 +93,39 @@ func (c *Client) GetConnection(ctx context.Context, id string) (*tokens.Connecti
 	return &out, nil
 }
 
+// UpdateConnection replaces a connection's credential and/or merges its
+// metadata (see UpdateConnectionRequest), which also sets its status back
+// to created.
+func (c *Client) UpdateConnection(ctx context.Context, id string, req UpdateConnectionRequest) (*tokens.Connection, error) {
+	if id == "" {
+		return nil, errors.New("admin: connection ID is required")
+	}
+	var out tokens.Connection
+	if err := c.do(ctx, http.MethodPatch, c.projectPath("connections", id), nil, req, http.StatusOK, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// OAuthConnect starts the OAuth connect flow and returns the authorization
+// URL for the person who owns the provider account to open; it is valid
+// for ConnectStateTTL and once. An empty req.ProjectIDOrName means the
+// client's Project.
+func (c *Client) OAuthConnect(ctx context.Context, req OAuthConnectRequest) (authURL string, err error) {
+	if req.ProjectIDOrName == "" {
+		req.ProjectIDOrName = c.Project
+	}
+	data, err := c.send(ctx, http.MethodPost, "/v1/oauth-connect", nil, req, http.StatusOK, "text/plain, "+problem.ContentType)
+	if err != nil {
+		return "", err
+	}
+	u := strings.TrimSpace(string(data))
+	if p, perr := url.Parse(u); perr != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+		return "", errors.New("admin: POST /v1/oauth-connect: the answer is not an authorization URL")
+	}
+	return u, nil
+}
+
 // DeleteConnection deletes a connection; the server refuses (409) while
 // installations use it.
 func (c *Client) DeleteConnection(ctx context.Context, id string) error {
@@ -179,8 +212,20 @@ func pageQuery(size int, token string) url.Values {
 // do sends one request and decodes a want-status answer into out. Errors
 // never contain the API key or the request body.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in any, want int, out any) error {
+	data, err := c.send(ctx, method, path, q, in, want, "application/json, "+problem.ContentType)
+	if err != nil || out == nil {
+		return err
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("admin: %s %s: decoding response: %w", method, path, err)
+	}
+	return nil
+}
+
+// send sends one request and returns the body of a want-status answer.
+func (c *Client) send(ctx context.Context, method, path string, q url.Values, in any, want int, accept string) ([]byte, error) {
 	if c.BaseURL == "" || c.Project == "" {
-		return errors.New("admin: client needs BaseURL and Project")
+		return nil, errors.New("admin: client needs BaseURL and Project")
 	}
 	u := strings.TrimRight(c.BaseURL, "/") + path
 	if len(q) > 0 {
@@ -190,16 +235,16 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in a
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("admin: encoding request: %w", err)
+			return nil, fmt.Errorf("admin: encoding request: %w", err)
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return fmt.Errorf("admin: %w", err)
+		return nil, fmt.Errorf("admin: %w", err)
 	}
 	req.Header.Set(APIKeyHeader, c.APIKey)
-	req.Header.Set("Accept", "application/json, "+problem.ContentType)
+	req.Header.Set("Accept", accept)
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -209,23 +254,17 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in a
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("admin: %s %s: %w", method, path, err)
+		return nil, fmt.Errorf("admin: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	if err != nil {
-		return fmt.Errorf("admin: %s %s: reading response: %w", method, path, err)
+		return nil, fmt.Errorf("admin: %s %s: reading response: %w", method, path, err)
 	}
 	if resp.StatusCode != want {
-		return responseError(resp, data)
+		return nil, responseError(resp, data)
 	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("admin: %s %s: decoding response: %w", method, path, err)
-	}
-	return nil
+	return data, nil
 }
 
 // responseError turns a non-success answer into an *Error, whatever its

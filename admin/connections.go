@@ -87,7 +87,7 @@ func (s *server) buildConnection(cfg *config.Config, proj *config.Project, req *
 	if p != nil {
 		return nil, p
 	}
-	meta, p := metadata(prov, req)
+	meta, p := metadata(prov, req.ProviderWorkspaceRef, req.ProviderMetadata, nil)
 	if p != nil {
 		return nil, p
 	}
@@ -225,22 +225,20 @@ func (s *server) credential(proj *config.Project, prov *catalog.Provider, req *G
 
 // metadata merges providerWorkspaceRef into providerMetadata and validates
 // the result against the provider (DESIGN §4), naming the request field of
-// each bad value.
-func metadata(prov *catalog.Provider, req *GenerateConnectionRequest) (map[string]string, *problem.Problem) {
-	if len(req.ProviderMetadata) > maxMetadata {
+// each bad value. Names in deferred may be missing: the OAuth callback
+// fills them in from the token response and validates again.
+func metadata(prov *catalog.Provider, workspaceRef string, given map[string]string, deferred map[string]bool) (map[string]string, *problem.Problem) {
+	if len(given) > maxMetadata {
 		return nil, badRequest("%s holds more than %d entries", fieldMetadata, maxMetadata)
 	}
-	declared := make(map[string]bool, len(prov.Metadata))
-	for _, m := range prov.Metadata {
-		declared[m.Name] = true
-	}
-	fromRef := req.ProviderWorkspaceRef != ""
+	declared := declaredNames(prov)
+	fromRef := workspaceRef != ""
 	var meta map[string]string
-	if len(req.ProviderMetadata) > 0 || fromRef {
-		meta = make(map[string]string, len(req.ProviderMetadata)+1)
+	if len(given) > 0 || fromRef {
+		meta = make(map[string]string, len(given)+1)
 	}
-	for _, name := range slices.Sorted(maps.Keys(req.ProviderMetadata)) {
-		v := req.ProviderMetadata[name]
+	for _, name := range slices.Sorted(maps.Keys(given)) {
+		v := given[name]
 		if len(name) > maxMetadataName || !printable(name) || name == "" {
 			return nil, badRequest("%s has a key that is not a metadata name", fieldMetadata)
 		}
@@ -254,25 +252,59 @@ func metadata(prov *catalog.Provider, req *GenerateConnectionRequest) (map[strin
 		meta[name] = v
 	}
 	if fromRef {
-		if p := checkValue(fieldWorkspaceRef, req.ProviderWorkspaceRef); p != nil {
+		if p := checkValue(fieldWorkspaceRef, workspaceRef); p != nil {
 			return nil, p
 		}
 		if !declared[workspaceKey] {
 			return nil, badRequest("%s must be absent: provider %s has no workspace metadata%s", fieldWorkspaceRef, prov.Name, declaredList(prov))
 		}
-		if v, ok := meta[workspaceKey]; ok && v != req.ProviderWorkspaceRef {
+		if v, ok := meta[workspaceKey]; ok && v != workspaceRef {
 			return nil, badRequest("%s and %s.workspace differ; give the workspace once", fieldWorkspaceRef, fieldMetadata)
 		}
-		meta[workspaceKey] = req.ProviderWorkspaceRef
+		meta[workspaceKey] = workspaceRef
 	}
+	// A deferred name still missing is validated with a stand-in that is a
+	// valid value wherever a template may use it (a label or the whole
+	// host, a path segment), so that the other values are checked in full.
+	check := meta
+	for name := range deferred {
+		if meta[name] != "" {
+			continue
+		}
+		if len(check) == len(meta) { // not yet copied
+			check = make(map[string]string, len(meta)+len(deferred))
+			maps.Copy(check, meta)
+		}
+		check[name] = deferredStandIn
+	}
+	if p := metadataProblem(prov, prov.ValidateMetadata(check), check, given); p != nil {
+		return nil, p
+	}
+	return meta, nil
+}
 
-	err := prov.ValidateMetadata(meta)
-	if err == nil {
-		return meta, nil
+// deferredStandIn stands in for a metadata value the token response will
+// supply; see metadata.
+const deferredStandIn = "deferred.ampproxy.example"
+
+func declaredNames(prov *catalog.Provider) map[string]bool {
+	declared := make(map[string]bool, len(prov.Metadata))
+	for _, m := range prov.Metadata {
+		declared[m.Name] = true
 	}
+	return declared
+}
+
+// metadataProblem turns a catalog error about meta into a 400 naming the
+// request fields; nil for a nil error.
+func metadataProblem(prov *catalog.Provider, err error, meta, given map[string]string) *problem.Problem {
+	if err == nil {
+		return nil
+	}
+	declared := declaredNames(prov)
 	fieldOf := func(name string) string {
 		if name == workspaceKey {
-			if _, inMeta := req.ProviderMetadata[workspaceKey]; !inMeta {
+			if _, inMeta := given[workspaceKey]; !inMeta {
 				return fieldWorkspaceRef
 			}
 		}
@@ -282,7 +314,7 @@ func metadata(prov *catalog.Provider, req *GenerateConnectionRequest) (map[strin
 	for _, e := range unjoin(err) {
 		parts = append(parts, metadataDetail(e, declared, meta, fieldOf))
 	}
-	return nil, badRequest("%s", strings.Join(parts, "; "))
+	return badRequest("%s", strings.Join(parts, "; "))
 }
 
 // metadataDetail rewrites a catalog error ("invalid metadata value: NAME:
@@ -451,6 +483,104 @@ func (s *server) getConnection(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, c)
+}
+
+// problemError carries a problem out of an UpdateConnection callback.
+type problemError struct{ p *problem.Problem }
+
+func (e *problemError) Error() string { return e.p.Detail }
+
+func (s *server) updateConnection(w http.ResponseWriter, r *http.Request) {
+	proj, ok := s.project(w, r)
+	if !ok {
+		return
+	}
+	var req UpdateConnectionRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	cred := req.credentials()
+	kinds := cred.credentialKinds()
+	changesMeta := req.ProviderWorkspaceRef != "" || len(req.ProviderMetadata) > 0
+	if !changesMeta && len(kinds) == 0 {
+		s.problem(w, r, badRequest("the body changes nothing: give %s, %s, or one of apiKey, basicAuth, oauth2ClientCredentials and oauth2AuthorizationCode",
+			fieldWorkspaceRef, fieldMetadata))
+		return
+	}
+	cfg := state(r).cfg
+	id := r.PathValue("id")
+	// Everything is validated inside the update, against the connection as
+	// stored at that moment, so that a token refresh that wrote in between
+	// is neither lost (metadata-only update) nor resurrected.
+	out, err := s.store.UpdateConnection(proj.ID, id, func(c *tokens.Connection) error {
+		var prov *catalog.Provider
+		if cfg.Providers != nil {
+			prov, _ = cfg.Providers.Provider(c.Provider)
+		}
+		if prov == nil {
+			return &problemError{conflict("provider %s of connection %s is no longer in the provider catalog", c.Provider, clip(c.ID))}
+		}
+		if len(kinds) > 0 {
+			scheme, nc, p := s.credential(proj, prov, &cred)
+			if p != nil {
+				return &problemError{p}
+			}
+			c.AuthScheme, c.Credential = scheme, nc
+		}
+		if changesMeta {
+			meta, p := mergeMetadata(prov, c.Metadata, &req)
+			if p != nil {
+				return &problemError{p}
+			}
+			c.Metadata, c.WorkspaceRef = meta, meta[workspaceKey]
+		}
+		// New credentials or metadata have not been seen to work yet; this
+		// also clears bad_credentials, so the proxy tries the connection
+		// (and its token endpoint) again.
+		c.Status = tokens.StatusCreated
+		return nil
+	})
+	var pe *problemError
+	switch {
+	case errors.As(err, &pe):
+		s.problem(w, r, pe.p)
+	case errors.Is(err, tokens.ErrNotFound):
+		s.problem(w, r, notFound("connection %q not found in project %s", clip(id), proj.ID))
+	case err != nil:
+		s.internal(w, r, fmt.Errorf("updating connection: %w", err))
+	default:
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+// mergeMetadata applies an update's metadata to a connection's: a value
+// sets a name, an empty value (or JSON null) removes it, providerWorkspaceRef
+// sets the workspace. The result is validated whole, as generate does.
+func mergeMetadata(prov *catalog.Provider, old map[string]string, req *UpdateConnectionRequest) (map[string]string, *problem.Problem) {
+	merged := maps.Clone(old)
+	if merged == nil {
+		merged = map[string]string{}
+	}
+	for _, name := range slices.Sorted(maps.Keys(req.ProviderMetadata)) {
+		if v := req.ProviderMetadata[name]; v == "" {
+			delete(merged, name)
+		} else {
+			merged[name] = v
+		}
+	}
+	ws := req.ProviderWorkspaceRef
+	if ws != "" {
+		v, given := req.ProviderMetadata[workspaceKey]
+		switch {
+		case given && v == "":
+			return nil, badRequest("%s sets the workspace that %s.workspace removes; give one of them", fieldWorkspaceRef, fieldMetadata)
+		case !given:
+			// The new workspace replaces the stored one; metadata checks
+			// the two against each other only when both are in the body.
+			delete(merged, workspaceKey)
+		}
+	}
+	return metadata(prov, ws, merged, nil)
 }
 
 func (s *server) deleteConnection(w http.ResponseWriter, r *http.Request) {

@@ -146,6 +146,52 @@ func (f *fakeStore) PutConnection(c *tokens.Connection) (*tokens.Connection, err
 	return &nc, nil
 }
 
+// UpdateConnection follows tokens.Store: fn gets a deep copy, its error
+// is returned as is, and only a nil error stores the copy.
+func (f *fakeStore) UpdateConnection(projectID, id string, fn func(*tokens.Connection) error) (*tokens.Connection, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := slices.IndexFunc(f.conns, func(c *tokens.Connection) bool { return c.ID == id && c.ProjectID == projectID })
+	if i < 0 {
+		return nil, fmt.Errorf("connection %s in project %s: %w", id, projectID, tokens.ErrNotFound)
+	}
+	old := f.conns[i]
+	work := *old
+	work.Metadata = maps.Clone(old.Metadata)
+	work.Credential.Scopes = slices.Clone(old.Credential.Scopes)
+	if err := fn(&work); err != nil {
+		return nil, err
+	}
+	if err := f.failNext; err != nil {
+		f.failNext = nil
+		return nil, err
+	}
+	if work.ID != id || work.ProjectID != projectID {
+		return nil, fmt.Errorf("%w: an update may not change id or projectId", tokens.ErrInvalid)
+	}
+	nc := work
+	nc.Metadata = maps.Clone(work.Metadata)
+	nc.Credential.Scopes = slices.Clone(work.Credential.Scopes)
+	nc.CreateTime = old.CreateTime
+	nc.UpdateTime = f.now().UTC()
+	f.conns[i] = &nc
+	return &nc, nil
+}
+
+// setStatus changes a stored connection's status the way the proxy path
+// does, for tests of what an update clears.
+func (f *fakeStore) setStatus(id string, st tokens.Status) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, c := range f.conns {
+		if c.ID == id {
+			nc := *c
+			nc.Status = st
+			f.conns[i] = &nc
+		}
+	}
+}
+
 func (f *fakeStore) DeleteConnection(projectID, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -35,6 +35,11 @@ import (
 //     lists every integration of the project.
 //   - PutConnection with an empty ID creates the connection and assigns
 //     its ID and times.
+//   - UpdateConnection hands fn a copy of the project's connection id and
+//     stores it only when fn returns nil, returning fn's error as is; a
+//     connection that is missing or of another project is
+//     tokens.ErrNotFound. Other writers of the connection (token refresh)
+//     wait while fn runs, so fn sees and keeps their latest write.
 //   - DeleteConnection answers tokens.ErrInUse while installations use
 //     the connection; CreateInstallation answers tokens.ErrConflict when the
 //     group already has the integration and tokens.ErrNotFound when the
@@ -46,6 +51,7 @@ type Store interface {
 	ListConnections(projectID string, f tokens.ConnectionFilter, p tokens.Page) ([]*tokens.Connection, string, error)
 	ListInstallations(projectID, integration string, p tokens.Page) ([]*tokens.Installation, string, error)
 	PutConnection(c *tokens.Connection) (*tokens.Connection, error)
+	UpdateConnection(projectID, id string, fn func(*tokens.Connection) error) (*tokens.Connection, error)
 	DeleteConnection(projectID, id string) error
 	CreateInstallation(in *tokens.Installation) (*tokens.Installation, error)
 	DeleteInstallation(projectID, id string) error
@@ -60,9 +66,16 @@ type Options struct {
 	Config func() *config.Config
 	// Logger receives one line per request. Nil discards.
 	Logger *slog.Logger
-	// Now is the clock, for request durations and token expiry checks.
-	// Nil means time.Now.
+	// Now is the clock, for request durations, token expiry checks and the
+	// expiry of OAuth connect states. Nil means time.Now.
 	Now func() time.Time
+	// HTTPClient makes the token requests of the OAuth callback. Nil means
+	// a client with a 10 s timeout that does not follow redirects (a token
+	// endpoint that redirects is misconfigured, and following a redirect
+	// would turn the POST into a GET without the code). A caller's client
+	// should have a timeout too; the exchange is bounded by
+	// ExchangeTimeout whatever the client does.
+	HTTPClient *http.Client
 }
 
 // Limits of what a request may carry.
@@ -84,18 +97,24 @@ const RequestIDHeader = "X-Request-Id"
 const projectsPrefix = "/v1/projects/"
 
 type server struct {
-	store  Store
-	config func() *config.Config
-	log    *slog.Logger
-	now    func() time.Time
-	mux    *http.ServeMux
+	store    Store
+	config   func() *config.Config
+	log      *slog.Logger
+	now      func() time.Time
+	http     *http.Client
+	connects *connectStates
+	mux      *http.ServeMux
 }
 
 // New returns the admin API handler. It answers every path it does not
 // serve with a problem+json 404 (or 405 with Allow), so it can be mounted
 // at "/v1/" of a larger mux.
 func New(opts Options) http.Handler {
-	s := &server{store: opts.Store, config: opts.Config, log: opts.Logger, now: opts.Now}
+	s := &server{store: opts.Store, config: opts.Config, log: opts.Logger, now: opts.Now, http: opts.HTTPClient,
+		connects: newConnectStates()}
+	if s.http == nil {
+		s.http = defaultTokenClient
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -109,14 +128,15 @@ func New(opts Options) http.Handler {
 	m.HandleFunc("POST /v1/projects/{project}/connections:generate", s.generateConnection)
 	m.HandleFunc("GET /v1/projects/{project}/connections", s.listConnections)
 	m.HandleFunc("GET /v1/projects/{project}/connections/{id}", s.getConnection)
+	m.HandleFunc("PATCH /v1/projects/{project}/connections/{id}", s.updateConnection)
 	m.HandleFunc("DELETE /v1/projects/{project}/connections/{id}", s.deleteConnection)
 	m.HandleFunc("POST /v1/projects/{project}/integrations/{integration}/installations", s.createInstallation)
 	m.HandleFunc("GET /v1/projects/{project}/integrations/{integration}/installations", s.listInstallations)
 	m.HandleFunc("GET /v1/projects/{project}/integrations/{integration}/installations/{id}", s.getInstallation)
 	m.HandleFunc("DELETE /v1/projects/{project}/integrations/{integration}/installations/{id}", s.deleteInstallation)
 	m.HandleFunc("GET /v1/projects/{project}/installations", s.listInstallations)
-	m.HandleFunc("POST /v1/oauth-connect", s.notImplemented)
-	m.HandleFunc("GET /v1/oauth/callback", s.notImplemented)
+	m.HandleFunc("POST /v1/oauth-connect", s.oauthConnect)
+	m.HandleFunc("GET /v1/oauth/callback", s.oauthCallback)
 	s.mux = m
 	return s
 }
@@ -127,6 +147,10 @@ type request struct {
 	cfg     *config.Config
 	project *config.Project // set once the API key is checked
 	err     error           // an internal failure, for the log line
+	// reason says why a request failed for a cause outside ampproxy (a
+	// provider's token endpoint), for a warning log line. It never holds
+	// a secret.
+	reason string
 }
 
 type requestKey struct{}
@@ -153,6 +177,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs = append(attrs, slog.String("project", rq.project.ID))
 	}
 	level := slog.LevelInfo
+	if rq.reason != "" {
+		level = slog.LevelWarn
+		attrs = append(attrs, slog.String("reason", rq.reason))
+	}
 	if rq.err != nil {
 		level = slog.LevelError
 		attrs = append(attrs, slog.String("err", rq.err.Error()))
@@ -194,9 +222,7 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request, rq *request) {
 		}
 		p, ok := s.authenticate(rq.cfg, project, r.Header.Get(APIKeyHeader))
 		if !ok {
-			pr := problem.New(http.StatusUnauthorized, "unauthenticated", "unknown project or invalid API key")
-			pr.Headers = append(pr.Headers, [2]string{"WWW-Authenticate", `APIKey header="x-api-key"`})
-			s.problem(w, r, pr)
+			s.problem(w, r, unauthenticated())
 			return
 		}
 		rq.project = p
@@ -472,13 +498,6 @@ func printable(s string) bool {
 		}
 	}
 	return true
-}
-
-// notImplemented answers the OAuth2 connect endpoints, which DESIGN §5
-// names but this build does not provide yet.
-func (s *server) notImplemented(w http.ResponseWriter, r *http.Request) {
-	s.problem(w, r, problem.New(http.StatusNotImplemented, "not-implemented",
-		"OAuth2 connect flow is not built yet; create OAuth2 connections with connections:generate and oauth2AuthorizationCode or oauth2ClientCredentials"))
 }
 
 // project returns the authenticated project, checking that the route's

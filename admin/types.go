@@ -66,6 +66,69 @@ type RefreshToken struct {
 	Token string `json:"token"`
 }
 
+// UpdateConnectionRequest is the body of
+// PATCH /v1/projects/{project}/connections/{id}. Every field is optional,
+// but the body must change something. A credential replaces the stored
+// one whole and must be the kind the provider's authType calls for, as in
+// GenerateConnectionRequest. Metadata is merged into the connection's: a
+// name given with a value sets it, a name given as null or "" removes it,
+// a name not given keeps its value; the merged metadata is then validated
+// as a whole.
+//
+// Its String, GoString and LogValue show which credential is present, never
+// its value.
+type UpdateConnectionRequest struct {
+	ProviderWorkspaceRef string            `json:"providerWorkspaceRef,omitempty"`
+	ProviderMetadata     map[string]string `json:"providerMetadata,omitempty"`
+
+	APIKey                  string                   `json:"apiKey,omitempty"`
+	BasicAuth               *BasicAuth               `json:"basicAuth,omitempty"`
+	OAuth2ClientCredentials *OAuth2ClientCredentials `json:"oauth2ClientCredentials,omitempty"`
+	OAuth2AuthorizationCode *OAuth2AuthorizationCode `json:"oauth2AuthorizationCode,omitempty"`
+}
+
+// credentials is the request's credential part in the form generate
+// validates.
+func (r UpdateConnectionRequest) credentials() GenerateConnectionRequest {
+	return GenerateConnectionRequest{
+		APIKey:                  r.APIKey,
+		BasicAuth:               r.BasicAuth,
+		OAuth2ClientCredentials: r.OAuth2ClientCredentials,
+		OAuth2AuthorizationCode: r.OAuth2AuthorizationCode,
+	}
+}
+
+// String shows the kind of credential only.
+func (r UpdateConnectionRequest) String() string {
+	return "UpdateConnectionRequest{credential=" + kindsString(r.credentials().credentialKinds()) + "}"
+}
+
+// GoString is String, so that %#v hides secrets too.
+func (r UpdateConnectionRequest) GoString() string { return r.String() }
+
+// LogValue shows the kind of credential.
+func (r UpdateConnectionRequest) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("credential", kindsString(r.credentials().credentialKinds())))
+}
+
+// OAuthConnectRequest is the body of POST /v1/oauth-connect. It carries no
+// secret: the credential comes from the provider through the callback.
+type OAuthConnectRequest struct {
+	// ProjectIDOrName names the project the connection is for; the API key
+	// must be one of its keys. ampproxy's projects have only an ID, so it is
+	// matched against the ID.
+	ProjectIDOrName string `json:"projectIdOrName"`
+	Provider        string `json:"provider"`
+	GroupRef        string `json:"groupRef"`
+	ConsumerRef     string `json:"consumerRef"`
+	// ProviderWorkspaceRef and ProviderMetadata are validated as in
+	// GenerateConnectionRequest, except that values the provider's token
+	// response supplies (the catalog's oauth2.tokenMetadataFields) may be
+	// left out.
+	ProviderWorkspaceRef string            `json:"providerWorkspaceRef,omitempty"`
+	ProviderMetadata     map[string]string `json:"providerMetadata,omitempty"`
+}
+
 // CreateInstallationRequest is the body of
 // POST /v1/projects/{project}/integrations/{integrationName}/installations.
 type CreateInstallationRequest struct {

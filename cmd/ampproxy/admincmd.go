@@ -17,7 +17,10 @@ import (
 
 const adminUsage = `Usage: ampproxy admin RESOURCE VERB [flags]
 
+  connect --provider P --group-ref G --consumer-ref C [--workspace W] [--metadata name=value]
+                       print the URL where the account owner connects an OAuth2 provider
   connections generate --provider P --group-ref G --consumer-ref C [credential flags]
+  connections update   ID [--workspace W] [--metadata name=value] [credential flags]
   connections list     [--provider P] [--group-ref G]
   connections get      ID
   connections delete   ID
@@ -33,13 +36,23 @@ Every command takes:
                     a flag shows in the process list)
   -o table|json     output format (default table)
 
-Credential flags of connections generate (one kind, matching the provider's auth type).
-A value given as @FILE is read from FILE, @- from standard input:
+Credential flags of connections generate and update (one kind, matching the provider's auth
+type). A value given as @FILE is read from FILE, @- from standard input:
   --provider-key V                          API key
   --username U --password V                 basic auth
   --client-id ID --client-secret V [--scopes a,b]                OAuth2 client credentials
   --access-token V [--refresh-token V] [--expires-at RFC3339] [--scopes a,b]   OAuth2 tokens
   --workspace W, --metadata name=value (repeatable)   connection metadata
+
+connections update replaces the credential when one is given, sets the metadata named (an
+empty value, --metadata name=, removes it; other names keep their values) and sets the
+connection's status back to created, clearing bad_credentials.
+
+connect prints an authorization URL that is valid once and for 10 minutes. Whoever opens it
+logs in at the provider and consents; the provider then sends the browser to the project's
+providerApps.<provider>.redirectURL (this server's /v1/oauth/callback), which stores the
+connection. The provider needs authType oauth2 with an authorization-code grant, and the
+project a providerApps entry for it.
 `
 
 // adminFlags are the flags every admin command shares.
@@ -120,17 +133,22 @@ func adminCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, adminUsage)
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if len(args) > 0 && args[0] == "connect" {
+		return oauthConnect(ctx, newAdminFlags("connect", stderr), args[1:], stdout, stderr)
+	}
 	if len(args) < 2 {
 		fmt.Fprint(stderr, adminUsage)
 		return fmt.Errorf("%w: admin needs a resource and a verb", errUsage)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	res, verb, rest := args[0], args[1], args[2:]
 	a := newAdminFlags(res+" "+verb, stderr)
 	switch res + " " + verb {
 	case "connections generate":
 		return connectionsGenerate(ctx, a, rest, stdout)
+	case "connections update":
+		return connectionsUpdate(ctx, a, rest, stdout)
 	case "connections list":
 		provider := a.fs.String("provider", "", "only connections of this provider")
 		group := a.fs.String("group-ref", "", "only connections of this group")
@@ -274,91 +292,185 @@ func secretValue(flagName, v string) (string, error) {
 	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
-func connectionsGenerate(ctx context.Context, a *adminFlags, args []string, stdout io.Writer) error {
-	fs := a.fs
-	provider := fs.String("provider", "", "provider name from the catalog (required)")
-	group := fs.String("group-ref", "", "group the connection belongs to (required)")
-	consumer := fs.String("consumer-ref", "", "consumer (user) who made the connection (required)")
-	workspace := fs.String("workspace", "", "provider workspace (the workspace metadata value)")
-	meta := metadataFlag{}
-	fs.Var(meta, "metadata", "connection metadata name=value (repeatable)")
-	providerKey := fs.String("provider-key", "", "API key for the provider (or @FILE)")
-	username := fs.String("username", "", "basic auth user name")
-	password := fs.String("password", "", "basic auth password (or @FILE)")
-	clientID := fs.String("client-id", "", "OAuth2 client ID (client credentials)")
-	clientSecret := fs.String("client-secret", "", "OAuth2 client secret (or @FILE)")
-	accessToken := fs.String("access-token", "", "OAuth2 access token (or @FILE)")
-	refreshToken := fs.String("refresh-token", "", "OAuth2 refresh token (or @FILE)")
-	expiresAt := fs.String("expires-at", "", "access token expiry, RFC 3339")
-	scopes := fs.String("scopes", "", "OAuth2 scopes, comma separated")
-	if err := a.parse(args, 0); err != nil {
-		return err
-	}
-	if err := required(a, map[string]string{"--provider": *provider, "--group-ref": *group, "--consumer-ref": *consumer}); err != nil {
-		return err
-	}
-	req := admin.GenerateConnectionRequest{
-		GroupRef:             *group,
-		ConsumerRef:          *consumer,
-		Provider:             *provider,
-		ProviderWorkspaceRef: *workspace,
-	}
-	if len(meta) > 0 {
-		req.ProviderMetadata = meta
-	}
+// credentialFlags are the credential and metadata flags of connections
+// generate and update.
+type credentialFlags struct {
+	workspace    *string
+	meta         metadataFlag
+	providerKey  *string
+	username     *string
+	password     *string
+	clientID     *string
+	clientSecret *string
+	accessToken  *string
+	refreshToken *string
+	expiresAt    *string
+	scopes       *string
+}
+
+func addCredentialFlags(fs *flag.FlagSet) *credentialFlags {
+	f := &credentialFlags{meta: metadataFlag{}}
+	f.workspace = fs.String("workspace", "", "provider workspace (the workspace metadata value)")
+	fs.Var(f.meta, "metadata", "connection metadata name=value (repeatable)")
+	f.providerKey = fs.String("provider-key", "", "API key for the provider (or @FILE)")
+	f.username = fs.String("username", "", "basic auth user name")
+	f.password = fs.String("password", "", "basic auth password (or @FILE)")
+	f.clientID = fs.String("client-id", "", "OAuth2 client ID (client credentials)")
+	f.clientSecret = fs.String("client-secret", "", "OAuth2 client secret (or @FILE)")
+	f.accessToken = fs.String("access-token", "", "OAuth2 access token (or @FILE)")
+	f.refreshToken = fs.String("refresh-token", "", "OAuth2 refresh token (or @FILE)")
+	f.expiresAt = fs.String("expires-at", "", "access token expiry, RFC 3339")
+	f.scopes = fs.String("scopes", "", "OAuth2 scopes, comma separated")
+	return f
+}
+
+// credential reads @FILE values and returns the request with the
+// credential fields set (at most one kind) and kinds, the number of kinds
+// the flags gave.
+func (f *credentialFlags) credential() (req admin.GenerateConnectionRequest, kinds int, err error) {
 	var scopeList []string
-	if *scopes != "" {
-		scopeList = strings.Split(*scopes, ",")
+	if *f.scopes != "" {
+		scopeList = strings.Split(*f.scopes, ",")
 	}
-	var err error
 	read := func(name string, v *string) {
 		if err == nil && *v != "" {
 			*v, err = secretValue(name, *v)
 		}
 	}
-	read("--provider-key", providerKey)
-	read("--password", password)
-	read("--client-secret", clientSecret)
-	read("--access-token", accessToken)
-	read("--refresh-token", refreshToken)
+	read("--provider-key", f.providerKey)
+	read("--password", f.password)
+	read("--client-secret", f.clientSecret)
+	read("--access-token", f.accessToken)
+	read("--refresh-token", f.refreshToken)
 	if err != nil {
-		return err
+		return req, 0, err
 	}
-	kinds := 0
-	if *providerKey != "" {
+	if *f.providerKey != "" {
 		kinds++
-		req.APIKey = *providerKey
+		req.APIKey = *f.providerKey
 	}
-	if *username != "" || *password != "" {
+	if *f.username != "" || *f.password != "" {
 		kinds++
-		req.BasicAuth = &admin.BasicAuth{Username: *username, Password: *password}
+		req.BasicAuth = &admin.BasicAuth{Username: *f.username, Password: *f.password}
 	}
-	if *clientID != "" || *clientSecret != "" {
+	if *f.clientID != "" || *f.clientSecret != "" {
 		kinds++
-		req.OAuth2ClientCredentials = &admin.OAuth2ClientCredentials{ClientID: *clientID, ClientSecret: *clientSecret, Scopes: scopeList}
+		req.OAuth2ClientCredentials = &admin.OAuth2ClientCredentials{ClientID: *f.clientID, ClientSecret: *f.clientSecret, Scopes: scopeList}
 	}
-	if *accessToken != "" || *refreshToken != "" {
+	if *f.accessToken != "" || *f.refreshToken != "" {
 		kinds++
 		ac := &admin.OAuth2AuthorizationCode{Scopes: scopeList}
-		ac.AccessToken.Token = *accessToken
-		ac.RefreshToken.Token = *refreshToken
-		if *expiresAt != "" {
-			t, perr := time.Parse(time.RFC3339, *expiresAt)
+		ac.AccessToken.Token = *f.accessToken
+		ac.RefreshToken.Token = *f.refreshToken
+		if *f.expiresAt != "" {
+			t, perr := time.Parse(time.RFC3339, *f.expiresAt)
 			if perr != nil {
-				return fmt.Errorf("%w: --expires-at: %q is not an RFC 3339 time", errUsage, *expiresAt)
+				return req, 0, fmt.Errorf("%w: --expires-at: %q is not an RFC 3339 time", errUsage, *f.expiresAt)
 			}
 			ac.AccessToken.ExpiresAt = t
 		}
 		req.OAuth2AuthorizationCode = ac
 	}
 	if kinds > 1 {
-		return fmt.Errorf("%w: give the credential flags of one kind only (API key, basic, client credentials or tokens)", errUsage)
+		return req, 0, fmt.Errorf("%w: give the credential flags of one kind only (API key, basic, client credentials or tokens)", errUsage)
+	}
+	return req, kinds, nil
+}
+
+func connectionsGenerate(ctx context.Context, a *adminFlags, args []string, stdout io.Writer) error {
+	fs := a.fs
+	provider := fs.String("provider", "", "provider name from the catalog (required)")
+	group := fs.String("group-ref", "", "group the connection belongs to (required)")
+	consumer := fs.String("consumer-ref", "", "consumer (user) who made the connection (required)")
+	cf := addCredentialFlags(fs)
+	if err := a.parse(args, 0); err != nil {
+		return err
+	}
+	if err := required(a, map[string]string{"--provider": *provider, "--group-ref": *group, "--consumer-ref": *consumer}); err != nil {
+		return err
+	}
+	req, _, err := cf.credential()
+	if err != nil {
+		return err
+	}
+	req.GroupRef, req.ConsumerRef, req.Provider = *group, *consumer, *provider
+	req.ProviderWorkspaceRef = *cf.workspace
+	if len(cf.meta) > 0 {
+		req.ProviderMetadata = cf.meta
 	}
 	c, err := a.client().GenerateConnection(ctx, req)
 	if err != nil {
 		return err
 	}
 	return printConnections(a.output, stdout, c)
+}
+
+func connectionsUpdate(ctx context.Context, a *adminFlags, args []string, stdout io.Writer) error {
+	cf := addCredentialFlags(a.fs)
+	if err := a.parse(args, 1); err != nil {
+		return err
+	}
+	cred, kinds, err := cf.credential()
+	if err != nil {
+		return err
+	}
+	if kinds == 0 && *cf.workspace == "" && len(cf.meta) == 0 {
+		return fmt.Errorf("%w: %s: give --workspace, --metadata or credential flags", errUsage, a.fs.Name())
+	}
+	req := admin.UpdateConnectionRequest{
+		ProviderWorkspaceRef:    *cf.workspace,
+		APIKey:                  cred.APIKey,
+		BasicAuth:               cred.BasicAuth,
+		OAuth2ClientCredentials: cred.OAuth2ClientCredentials,
+		OAuth2AuthorizationCode: cred.OAuth2AuthorizationCode,
+	}
+	if len(cf.meta) > 0 {
+		req.ProviderMetadata = cf.meta
+	}
+	c, err := a.client().UpdateConnection(ctx, a.args[0], req)
+	if err != nil {
+		return err
+	}
+	return printConnections(a.output, stdout, c)
+}
+
+// oauthConnect prints the authorization URL alone on stdout, so that
+// scripts can take it as is; the hint goes to stderr.
+func oauthConnect(ctx context.Context, a *adminFlags, args []string, stdout, stderr io.Writer) error {
+	fs := a.fs
+	provider := fs.String("provider", "", "OAuth2 provider name from the catalog (required)")
+	group := fs.String("group-ref", "", "group the connection will belong to (required)")
+	consumer := fs.String("consumer-ref", "", "consumer (user) who connects (required)")
+	workspace := fs.String("workspace", "", "provider workspace, when the authorization URL needs it")
+	meta := metadataFlag{}
+	fs.Var(meta, "metadata", "connection metadata name=value (repeatable)")
+	if err := a.parse(args, 0); err != nil {
+		return err
+	}
+	if err := required(a, map[string]string{"--provider": *provider, "--group-ref": *group, "--consumer-ref": *consumer}); err != nil {
+		return err
+	}
+	req := admin.OAuthConnectRequest{
+		ProjectIDOrName:      a.project,
+		Provider:             *provider,
+		GroupRef:             *group,
+		ConsumerRef:          *consumer,
+		ProviderWorkspaceRef: *workspace,
+	}
+	if len(meta) > 0 {
+		req.ProviderMetadata = meta
+	}
+	u, err := a.client().OAuthConnect(ctx, req)
+	if err != nil {
+		return err
+	}
+	if a.output == "json" {
+		return printJSON(stdout, map[string]string{"authorizationUrl": u})
+	}
+	fmt.Fprintf(stderr, "Open this URL in a browser to connect %s for group %s (valid once, for %d minutes):\n",
+		*provider, *group, int(admin.ConnectStateTTL.Minutes()))
+	_, err = fmt.Fprintln(stdout, u)
+	return err
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -192,5 +195,161 @@ func TestReload(t *testing.T) {
 	waitForLog(t, logs, "config reloaded", done)
 	if code, _, errOut := runMain(t, "admin", "installations", "create", "--integration", "crm2", "--group-ref", "acme"); code != 0 {
 		t.Fatalf("new integration not in force after reload: %s", errOut)
+	}
+}
+
+// TestAdminCLIConnect drives `ampproxy admin connect` and `connections
+// update` against a running serve whose project has a HubSpot app: connect
+// prints the provider's authorization URL (nothing is sent to HubSpot), the
+// callback answers on the same listener, and update replaces a credential.
+func TestAdminCLIConnect(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "amp.yaml", "specVersion: 1.0.0\nintegrations:\n  - {name: crm, provider: hubspot, proxy: {enabled: true}}\n")
+	writeFile(t, dir, "hubspot.secret", "hs_CLIENT_SECRET_must_not_print\n")
+	h := sha256.Sum256([]byte("test-key"))
+	cfg := writeFile(t, dir, "ampproxy.yaml", `grpc:
+  listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+storage:
+  path: data/ampproxy.db
+  encryptionKeyFile: data/master.key
+  createKey: true
+log:
+  format: json
+projects:
+  - id: demo
+    apiKeys:
+      - sha256: `+hex.EncodeToString(h[:])+`
+    manifest: amp.yaml
+    providerApps:
+      hubspot:
+        clientID: hs-client
+        clientSecretFile: hubspot.secret
+        scopes: [crm.objects.contacts.read, oauth]
+        redirectURL: https://amp.example/v1/oauth/callback
+`)
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	server := "http://" + waitForLog(t, logs, `"admin":"`, done)
+	t.Setenv("AMPPROXY_SERVER", server)
+	t.Setenv("AMPPROXY_PROJECT", "demo")
+	t.Setenv("AMPPROXY_API_KEY", "test-key")
+	var outputs []string
+
+	code, out, errOut := runMain(t, "admin", "connect", "--provider", "hubspot", "--group-ref", "acme", "--consumer-ref", "alice")
+	outputs = append(outputs, out, errOut)
+	if code != 0 {
+		t.Fatalf("connect: exit %d: %s", code, errOut)
+	}
+	if strings.Count(out, "\n") != 1 || !strings.Contains(errOut, "Open this URL") {
+		t.Errorf("connect printed %q, hint %q", out, errOut)
+	}
+	u, err := url.Parse(strings.TrimSpace(out))
+	if err != nil || u.Host != "app.hubspot.com" || u.Path != "/oauth/authorize" {
+		t.Fatalf("connect printed %q", out)
+	}
+	q := u.Query()
+	if q.Get("state") == "" || q.Get("client_id") != "hs-client" || q.Get("redirect_uri") != "https://amp.example/v1/oauth/callback" ||
+		q.Get("scope") != "crm.objects.contacts.read oauth" || q.Has("code_challenge") {
+		t.Errorf("authorization URL %s", u)
+	}
+
+	code, out, errOut = runMain(t, "admin", "connect", "-o", "json", "--provider", "hubspot", "--group-ref", "acme", "--consumer-ref", "alice")
+	outputs = append(outputs, out, errOut)
+	var js struct {
+		AuthorizationURL string `json:"authorizationUrl"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &js) != nil || !strings.Contains(js.AuthorizationURL, "state=") {
+		t.Fatalf("connect -o json: exit %d %q %s", code, out, errOut)
+	}
+
+	// The callback is served on the admin listener, without a key; a
+	// state it did not issue is a 400 page.
+	resp, err := http.Get(server + "/v1/oauth/callback?state=forged&code=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") || !strings.Contains(string(body), "no longer valid") {
+		t.Errorf("callback: %d %s", resp.StatusCode, body)
+	}
+
+	// connections update on a generated connection.
+	code, out, errOut = runMain(t, "admin", "connections", "generate", "-o", "json", "--provider", "hubspot",
+		"--group-ref", "acme", "--consumer-ref", "alice", "--access-token", "hs_OLD_TOKEN_must_not_print")
+	var conn tokens.Connection
+	if code != 0 || json.Unmarshal([]byte(out), &conn) != nil {
+		t.Fatalf("generate: exit %d %s%s", code, out, errOut)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("hs_NEW_TOKEN_must_not_print\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = runMain(t, "admin", "connections", "update", conn.ID, "-o", "json",
+		"--access-token", "@"+tokenFile, "--refresh-token", "hs_REFRESH_must_not_print")
+	outputs = append(outputs, out, errOut)
+	var up tokens.Connection
+	if code != 0 || json.Unmarshal([]byte(out), &up) != nil || up.ID != conn.ID || up.Status != tokens.StatusCreated || !up.UpdateTime.After(conn.UpdateTime.Add(-time.Second)) {
+		t.Fatalf("update: exit %d %s%s", code, out, errOut)
+	}
+	code, out, _ = runMain(t, "admin", "connections", "update", conn.ID, "--access-token", "hs_NEWER_TOKEN_must_not_print")
+	outputs = append(outputs, out)
+	if code != 0 || !strings.Contains(out, conn.ID) || !strings.Contains(out, "STATUS") {
+		t.Fatalf("update table: exit %d %s", code, out)
+	}
+
+	// Failures: the problem detail, exit 1.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"admin", "connect", "--provider", "nope", "--group-ref", "g", "--consumer-ref", "c"}, "not in the provider catalog"},
+		{[]string{"admin", "connect", "--provider", "hubspot", "--group-ref", "g", "--consumer-ref", "c", "--api-key", "wrong"}, "401"},
+		{[]string{"admin", "connect", "--provider", "hubspot", "--group-ref", "g", "--consumer-ref", "c", "--project", "other"}, "401"},
+		{[]string{"admin", "connections", "update", "no-such-id", "--access-token", "x"}, "404"},
+		{[]string{"admin", "connections", "update", conn.ID, "--provider-key", "x"}, "does not fit provider hubspot"},
+		{[]string{"admin", "connections", "update", conn.ID, "--workspace", "acme"}, "providerWorkspaceRef must be absent"},
+	} {
+		code, out, errOut := runMain(t, tc.args...)
+		outputs = append(outputs, out, errOut)
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want 1 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+	// Usage mistakes: exit 2, nothing sent.
+	for _, args := range [][]string{
+		{"admin", "connect"},
+		{"admin", "connect", "--group-ref", "g", "--consumer-ref", "c"},
+		{"admin", "connect", "extra", "--provider", "hubspot", "--group-ref", "g", "--consumer-ref", "c"},
+		{"admin", "connections", "update"},
+		{"admin", "connections", "update", conn.ID},
+		{"admin", "connections", "update", conn.ID, "--provider-key", "a", "--access-token", "b"},
+		{"admin", "connections", "update", conn.ID, "--access-token", "b", "--expires-at", "tomorrow"},
+	} {
+		if code, _, _ := runMain(t, args...); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+
+	all := strings.Join(outputs, "\n") + logs.String()
+	for _, s := range []string{"must_not_print", "test-key"} {
+		if strings.Contains(all, s) {
+			t.Errorf("%q printed or logged", s)
+		}
+	}
+	if st := q.Get("state"); strings.Contains(logs.String(), st) {
+		t.Error("serve logged a state")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -65,6 +66,10 @@ func (c *Catalog) Provider(name string) (*Provider, bool) {
 
 // Names lists every provider name in order.
 func (c *Catalog) Names() []string { return slices.Clone(c.names) }
+
+// maxRefreshMargin bounds oauth2.refreshMargin: beyond a day a margin
+// says more about a typo than about a provider.
+const maxRefreshMargin = 24 * time.Hour
 
 var nameRE = regexp.MustCompile(`^[a-z][A-Za-z0-9]{0,63}$`)
 
@@ -201,6 +206,9 @@ func (p *Provider) compile() []error {
 		}
 		if o.AuthStyle != AuthStyleInHeader && o.AuthStyle != AuthStyleInParams {
 			bad("oauth2.authStyle", "%q: want inHeader or inParams (never auto-detected)", o.AuthStyle)
+		}
+		if o.RefreshMargin < 0 || o.RefreshMargin > maxRefreshMargin {
+			bad("oauth2.refreshMargin", "%s: want a duration from 0 to %s", o.RefreshMargin, maxRefreshMargin)
 		}
 		for i, f := range o.TokenMetadataFields {
 			if f.Field == "" || !declared[f.Metadata] {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func mustParse(t testing.TB, y string) map[string]*Provider {
@@ -33,6 +34,7 @@ providers:
       authURL: https://{{.workspace}}.my.salesforce.com/services/oauth2/authorize
       tokenURL: https://{{.workspace}}.my.salesforce.com/services/oauth2/token
       authStyle: inParams
+      refreshMargin: 10m
     metadata:
       - name: workspace
     proxy: true
@@ -67,6 +69,8 @@ func TestParseErrors(t *testing.T) {
 		{"undeclared var", `providers: [{name: a, baseURL: "https://{{.ws}}.a.com", authType: none}]`, []string{`template variable "ws" is not declared`}},
 		{"oauth2 without tokenURL", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader}}]`, []string{"oauth2.tokenURL: is required"}},
 		{"oauth2 http token URL", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "http://a.com/t"}}]`, []string{"must be https"}},
+		{"oauth2 negative refresh margin", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "https://a.com/t", refreshMargin: -5m}}]`, []string{"oauth2.refreshMargin: -5m0s: want a duration from 0 to 24h0m0s"}},
+		{"oauth2 refresh margin not a duration", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "https://a.com/t", refreshMargin: soon}}]`, []string{"test.yaml", "soon", "time.Duration"}},
 		{"oauth2 auto style", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, tokenURL: "https://a.com/t"}}]`, []string{"authStyle", "never auto-detected"}},
 		{"apiKey both", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {query: k, header: {name: X-K}}}]`, []string{"exactly one of header and query"}},
 		{"apiKey neither", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {}}]`, []string{"exactly one of header and query"}},
@@ -175,6 +179,9 @@ func TestTokenAndAuthURL(t *testing.T) {
 	}
 	if _, err := p.TokenURL(map[string]string{"workspace": "evil.com/"}); err == nil {
 		t.Fatal("a bad workspace must not render a token URL")
+	}
+	if p.OAuth2.RefreshMargin != 10*time.Minute {
+		t.Errorf("RefreshMargin = %s, want 10m", p.OAuth2.RefreshMargin)
 	}
 	au, err := p.AuthURL(map[string]string{"workspace": "acme"})
 	if err != nil || au != "https://acme.my.salesforce.com/services/oauth2/authorize" {

@@ -1,5 +1,7 @@
 package catalog
 
+import "time"
+
 // AuthType says how a provider's credential travels on a proxied request.
 type AuthType string
 
@@ -75,6 +77,11 @@ type OAuth2 struct {
 	AuthURL   string    `yaml:"authURL,omitempty"`
 	TokenURL  string    `yaml:"tokenURL"`
 	AuthStyle AuthStyle `yaml:"authStyle"`
+	// RefreshMargin is how long before its expiry an access token of this
+	// provider is refreshed, written like "10m"; zero leaves the
+	// refresher's default (5 minutes). Providers whose tokens live only
+	// minutes want less, providers slow to answer want more.
+	RefreshMargin time.Duration `yaml:"refreshMargin,omitempty"`
 	// TokenMetadataFields names token-response fields whose values become
 	// connection metadata (Salesforce's instance_url → workspace).
 	TokenMetadataFields []TokenMetadataField `yaml:"tokenMetadataFields,omitempty"`

@@ -13,14 +13,101 @@
 // access or decryption. Each write is one bbolt transaction, and memory
 // changes only after it has committed.
 //
-// The package does not refresh OAuth2 tokens, talk to providers, validate
-// provider metadata against the catalog, check that a connection's provider
-// fits an integration, or authenticate callers: those belong to the code
-// that calls it. Nor does it keep lockout windows.
+// A Refresher keeps OAuth2 connections usable: it hands out access tokens
+// and refreshes them against the providers' token endpoints (see Token
+// refresh below). Apart from that, the package does not talk to providers,
+// validate provider metadata against the catalog, check that a
+// connection's provider fits an integration, or authenticate callers:
+// those belong to the code that calls it.
 //
 // Consumers depend on the few methods they use through interfaces of their
 // own (extproc.Store, for instance), so a second implementation backed by a
 // distributed store can take the place of this one (DESIGN §7).
+//
+// # Token refresh
+//
+// [Refresher.AccessToken] returns a usable access token for an OAuth2
+// connection, of either grant: authorization-code connections are
+// refreshed with their refresh token and the project's provider app
+// (RefresherOptions.Apps), client-credentials connections mint a new
+// token from their own client ID, secret and scopes. Token requests go
+// through golang.org/x/oauth2 (and its clientcredentials package) with the
+// catalog's authStyle, never auto-detection, which would send the grant a
+// second time; and on a context of the Refresher's own, never a request's,
+// that carries the token HTTP client (10 s timeout by default). Each
+// refresh builds its token source for that one call; none is kept.
+//
+// The request path. A token valid for longer than the margin (5 minutes,
+// or the catalog's oauth2.refreshMargin, and never more than half the
+// token's lifetime) is returned from memory, without lock, allocation or
+// I/O. Otherwise one refresh per connection runs at a time and every
+// concurrent caller shares its result. A caller whose token is inside the
+// margin but not expired gets it at once while the refresh runs for the
+// next requests. A caller whose token has expired waits at most
+// RefresherOptions.Wait, 150 ms by default, or less if its context ends
+// sooner, and then gets a *RetryError, which extproc answers with 503 and
+// Retry-After; the refresh is not cancelled, and the next request uses
+// its result. Envoy gives ampproxy 200 ms per message (message_timeout in
+// envoy/envoy.yaml), and answers 504 past it. The server could extend that
+// once with override_message_timeout, but Envoy honours the override only
+// up to the filter's max_message_timeout, which the shipped bootstrap does
+// not set (its zero value disables the override), and extending it would
+// hold the caller's request, and Envoy's stream, for as long as a slow
+// token endpoint takes, up to the 10 s HTTP timeout. A short wait and an
+// explicit 503 keep the data path's latency bounded and tell the caller
+// when to come back; the margin and the background refresh make the wait
+// rare, since tokens are normally refreshed before they expire.
+//
+// Persistence order. The endpoint's answer is written with
+// Store.UpdateConnection, status working, in one bbolt transaction with
+// fsync, and only then handed to any caller, so a rotated refresh token is
+// on disk before the access token issued with it is used. An answer
+// without refresh_token keeps the stored one; expires_in becomes an
+// expiry on the Refresher's clock, counted from before the request was
+// sent. The access token, refresh token and expiry are sealed together in
+// one record, so after a crash at any point the store holds the old pair
+// or the new pair, never a mix (TestRefreshCrashSafety kills a refreshing
+// process and checks). A crash after the provider rotated the token but
+// before the write commits leaves the old pair, which such a provider no
+// longer accepts; no client can close that window, which is why the write
+// comes first and nothing else precedes it. If the write fails, the answer
+// is kept in memory and stored on the next attempt instead of spending
+// another grant, and is not used before. If the connection's credentials
+// were replaced while the refresh ran, its answer is discarded.
+//
+// Failures. invalid_grant and unauthorized_client mark the connection
+// bad_credentials (stored) and give ErrBadCredentials (424); so does
+// invalid_client for a client-credentials connection, whose client is its
+// own. The token endpoint is not called for it again until its
+// credentials or status are updated; if storing the status failed, the
+// Refresher remembers it until the connection's UpdateTime changes.
+// invalid_client on an authorization-code refresh blames the project's
+// provider app, not the connection: it is logged as an error naming
+// providerApps and retried with backoff, so that an operator's mistake
+// does not mark every user's connection bad. Everything else, the
+// endpoint down, slow or answering 5xx, 429 or an unexpected 4xx or body,
+// and configuration problems, gives a *RetryError (503) and starts a
+// per-connection backoff: BackoffBase (1 s) doubled per failure in a row
+// up to BackoffMax (5 min), with full jitter but never below BackoffBase.
+// During the backoff no request calls the endpoint: a token that has not
+// expired is still handed out, an expired one gets a *RetryError with
+// the rest of the pause. A success resets it. An expired token with no
+// refresh token gives ErrTokenExpired (424) without any request.
+//
+// A provider 401 on a proxied request is reported with
+// [Refresher.MarkStale]: the next request for that token refreshes first.
+// A token that a forced refresh has already replaced is not forced again,
+// so a provider that rejects even fresh tokens costs one refresh per
+// token, not one per request.
+//
+// [Refresher.Run] refreshes in the background the tokens of connections
+// used within RecentUse (1 h) that expire within twice their margin, at
+// most Concurrency (4) at a time, through the same one-refresh rule.
+//
+// Nothing logged or returned holds a token, refresh token, client secret
+// or token-response body: failures are described by HTTP status and OAuth2
+// error code alone, since providers may echo the request in
+// error_description.
 //
 // # Caveats
 //
@@ -35,6 +122,11 @@
 //     key file up apart from the data file. With random nonces one key
 //     should seal no more than 2^32 credentials over its life, far beyond
 //     what token refreshes produce, but a bound rotation will have to keep.
+//   - The one-refresh-per-connection rule holds within one process. With
+//     replicas (DESIGN §7) it needs a lock in the shared store, or two
+//     replicas may spend the same rotating refresh token.
+//   - Refresher.Close waits for refreshes in flight, up to the token
+//     timeout, rather than cancel one whose answer would then be lost.
 //   - Decrypted credentials live in process memory for the life of the
 //     Store; their String, GoString, LogValue and MarshalJSON redact them,
 //     but a core dump would not.

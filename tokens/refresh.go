@@ -1,0 +1,529 @@
+package tokens
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ampproxy/ampproxy/catalog"
+)
+
+// Defaults of RefresherOptions.
+const (
+	DefaultRefreshMargin     = 5 * time.Minute
+	DefaultRefreshWait       = 150 * time.Millisecond
+	DefaultTokenTimeout      = 10 * time.Second
+	DefaultBackoffBase       = time.Second
+	DefaultBackoffMax        = 5 * time.Minute
+	DefaultBackgroundEvery   = 30 * time.Second
+	DefaultRecentUse         = time.Hour
+	DefaultRefreshConcurrent = 4
+)
+
+// Errors of the Refresher, besides *RetryError. Callers match them with
+// errors.Is.
+var (
+	// ErrBadCredentials: the provider's token endpoint rejected the
+	// connection's grant (invalid_grant or unauthorized_client, or
+	// invalid_client for a client-credentials connection), and the
+	// connection is bad_credentials. The token endpoint is not called for
+	// it again until its credentials or status are updated. Answer 424.
+	ErrBadCredentials = errors.New("the provider rejected the connection's credentials")
+	// ErrTokenExpired: the access token has expired and the connection
+	// holds no refresh token to get another. Answer 424.
+	ErrTokenExpired = errors.New("the access token has expired and the connection has no refresh token")
+)
+
+// RetryError says that no usable access token is available now but one
+// may be soon: a refresh is still running, or the token endpoint is down
+// and the connection is backing off. Answer 503 with RetryAfterSeconds in
+// Retry-After. Reason never holds a secret.
+type RetryError struct {
+	After  time.Duration
+	Reason string
+}
+
+func (e *RetryError) Error() string {
+	return "token refresh: " + e.Reason + " (retry after " + strconv.FormatInt(e.RetryAfterSeconds(), 10) + "s)"
+}
+
+// RetryAfterSeconds is After rounded up to whole seconds, at least 1, for
+// a Retry-After header.
+func (e *RetryError) RetryAfterSeconds() int64 {
+	s := int64((e.After + time.Second - 1) / time.Second)
+	return max(s, 1)
+}
+
+// AppLookup returns the OAuth2 client (the provider app) a project uses
+// for a provider: authorization-code connections are refreshed with it.
+// ok is false when the project has no app for the provider. The error
+// must not hold the secret.
+type AppLookup func(projectID, provider string) (clientID, clientSecret string, ok bool, err error)
+
+// RefresherOptions configure a Refresher. Zero fields take the defaults
+// above; Store and Providers are required.
+type RefresherOptions struct {
+	// Store holds the connections; every new token is written to it before
+	// anyone gets it.
+	Store *Store
+	// Providers returns the current catalog (a config reload swaps it).
+	Providers func() *catalog.Catalog
+	// Apps finds a project's OAuth2 app for refreshing authorization-code
+	// connections. Client-credentials connections carry their own client.
+	Apps AppLookup
+	// HTTPClient calls the token endpoints. The default has a 10 s
+	// timeout. It is handed to golang.org/x/oauth2 through the context of
+	// the refresh, which is never a request's context; a refresh is
+	// bounded by HTTPClient.Timeout, or 10 s when that is zero.
+	HTTPClient *http.Client
+	// Margin is how long before expiry a token is refreshed, unless the
+	// catalog's oauth2.refreshMargin says otherwise for the provider. A
+	// margin is never more than half the token's lifetime as seen by the
+	// store (expiry minus the connection's UpdateTime), so a provider
+	// issuing short-lived tokens is not refreshed on every request.
+	Margin time.Duration
+	// Wait is how long a request waits for a refresh in flight before it
+	// gets a *RetryError; the refresh goes on. Keep it inside Envoy's
+	// message_timeout (200 ms in the shipped bootstrap).
+	Wait time.Duration
+	// BackoffBase and BackoffMax bound the pause after a failed refresh:
+	// exponential in the number of failures in a row, with full jitter,
+	// never below BackoffBase.
+	BackoffBase, BackoffMax time.Duration
+	// Background is how often Run looks for tokens to refresh ahead of
+	// expiry; RecentUse is how recently a connection must have been used
+	// to be refreshed in the background; Concurrency bounds Run's
+	// refreshes in flight.
+	Background, RecentUse time.Duration
+	Concurrency           int
+	// Now is the clock of every expiry and backoff decision.
+	Now func() time.Time
+	// Logger receives refresh outcomes, never a secret. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// OnRefresh, when set, is called after each refresh attempt with the
+	// provider, the result (ok, invalid_grant, error) and how long it
+	// took, and with result backoff, d = 0, each time a connection that
+	// is backing off is asked for a token. It must be quick.
+	OnRefresh func(provider, result string, d time.Duration)
+}
+
+// Refresh results, as OnRefresh reports them.
+const (
+	resultOK           = "ok"
+	resultInvalidGrant = "invalid_grant"
+	resultError        = "error"
+	resultBackoff      = "backoff"
+)
+
+// Refresher hands out usable OAuth2 access tokens for connections,
+// refreshing them with golang.org/x/oauth2 when they are about to expire,
+// one refresh per connection at a time. Its methods are safe for
+// concurrent use.
+type Refresher struct {
+	store     *Store
+	providers func() *catalog.Catalog
+	apps      AppLookup
+	client    *http.Client
+	timeout   time.Duration
+	margin    time.Duration
+	wait      time.Duration
+	base, max time.Duration
+	every     time.Duration
+	recent    time.Duration
+	now       func() time.Time
+	log       *slog.Logger
+	onRefresh func(provider, result string, d time.Duration)
+	// jitter turns a backoff ceiling into the pause actually taken.
+	jitter func(ceiling time.Duration) time.Duration
+	// slots bounds the background refreshes in flight.
+	slots chan struct{}
+
+	// states holds per-connection refresh state, by connection ID. A
+	// sync.Map because the request path only reads it, without locking
+	// or allocating, once a connection has been seen.
+	states sync.Map
+
+	mu     sync.Mutex // guards closed, and wg.Add against Close's Wait
+	closed bool
+	wg     sync.WaitGroup // refreshes in flight
+}
+
+// connRefresh is the refresh state of one connection.
+type connRefresh struct {
+	// lastUse is the Now of the latest AccessToken call, in Unix
+	// nanoseconds, kept to about a second.
+	lastUse atomic.Int64
+	// stale is the access token a provider answered 401 for (MarkStale).
+	stale atomic.Pointer[string]
+
+	mu sync.Mutex
+	// dead: dropped from the map because its connection was deleted;
+	// whoever holds it looks the state up again.
+	dead   bool
+	flight *refreshFlight
+	// forced is the access token the last forced refresh replaced:
+	// MarkStale ignores it, so a provider that keeps answering 401 gets
+	// one forced refresh per token, not one per request.
+	forced string
+	// failures counts failed refreshes in a row; until retryAt the token
+	// endpoint is not called and retryReason explains why.
+	failures    int
+	retryAt     time.Time
+	retryReason string
+	// badAt is the UpdateTime of a connection whose credentials the token
+	// endpoint rejected; it stands in for the bad_credentials status when
+	// writing that status failed.
+	badAt time.Time
+	// pending is a token the endpoint issued that could not be stored:
+	// the next attempt stores it instead of using up another grant.
+	pending *issuedToken
+}
+
+// refreshFlight is one refresh in progress; token and err are set
+// before done is closed.
+type refreshFlight struct {
+	done  chan struct{}
+	token string
+	err   error
+}
+
+// NewRefresher returns a Refresher. It panics without a Store or
+// Providers.
+func NewRefresher(o RefresherOptions) *Refresher {
+	if o.Store == nil || o.Providers == nil {
+		panic("tokens: NewRefresher needs a Store and Providers")
+	}
+	r := &Refresher{
+		store:     o.Store,
+		providers: o.Providers,
+		apps:      o.Apps,
+		client:    o.HTTPClient,
+		margin:    orDefault(o.Margin, DefaultRefreshMargin),
+		wait:      orDefault(o.Wait, DefaultRefreshWait),
+		base:      orDefault(o.BackoffBase, DefaultBackoffBase),
+		max:       orDefault(o.BackoffMax, DefaultBackoffMax),
+		every:     orDefault(o.Background, DefaultBackgroundEvery),
+		recent:    orDefault(o.RecentUse, DefaultRecentUse),
+		now:       o.Now,
+		log:       o.Logger,
+		onRefresh: o.OnRefresh,
+	}
+	if r.client == nil {
+		r.client = &http.Client{Timeout: DefaultTokenTimeout}
+	}
+	r.timeout = r.client.Timeout
+	if r.timeout <= 0 {
+		r.timeout = DefaultTokenTimeout
+	}
+	r.max = max(r.max, r.base)
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	n := o.Concurrency
+	if n <= 0 {
+		n = DefaultRefreshConcurrent
+	}
+	r.slots = make(chan struct{}, n)
+	r.jitter = r.fullJitter
+	return r
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// AccessToken returns a usable access token for c, an OAuth2 connection
+// (authorization code or client credentials) as the store returned it.
+//
+// A token valid for longer than the margin, and not marked stale, is
+// returned at once, without locking, allocation or I/O. Otherwise the
+// connection is read again from the store and, when needed, refreshed:
+// one refresh per connection at a time, which every concurrent caller
+// shares. A token that is about to expire but has not is returned at once
+// while its refresh runs; a caller whose token has expired waits for the
+// refresh, at most Wait or until ctx ends, and then gets a *RetryError
+// while the refresh goes on, on its own context, for the next request.
+//
+// Errors: ErrBadCredentials, ErrTokenExpired, *RetryError, or a wrapped
+// ErrNotFound when the connection has been deleted.
+func (r *Refresher) AccessToken(ctx context.Context, c *Connection) (string, error) {
+	now := r.now()
+	st := r.state(c.ID)
+	st.touch(now)
+	if c.Status != StatusBadCredentials && !st.isStale(c.Credential.AccessToken) && r.fresh(c, now) {
+		return c.Credential.AccessToken, nil
+	}
+	return r.slow(ctx, c.ID, st)
+}
+
+// MarkStale records that a provider answered 401 to a request made with
+// accessToken: the connection's next request refreshes first. A token
+// that a forced refresh has already replaced once is not forced again,
+// so a provider that rejects a freshly issued token does not cause a
+// refresh per request.
+func (r *Refresher) MarkStale(connID, accessToken string) {
+	if accessToken == "" {
+		return
+	}
+	for {
+		st := r.state(connID)
+		st.mu.Lock()
+		if st.dead {
+			st.mu.Unlock()
+			continue
+		}
+		if st.forced != accessToken {
+			st.stale.Store(&accessToken)
+		}
+		st.mu.Unlock()
+		return
+	}
+}
+
+// Close stops new refreshes and waits for those in flight, which end
+// within the token endpoint timeout. They are not cancelled: a refresh
+// cut short after the provider rotated the refresh token, but before the
+// new one was stored, would lose the connection.
+func (r *Refresher) Close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+func (r *Refresher) state(id string) *connRefresh {
+	if v, ok := r.states.Load(id); ok {
+		return v.(*connRefresh)
+	}
+	v, _ := r.states.LoadOrStore(id, new(connRefresh))
+	return v.(*connRefresh)
+}
+
+// touch records a use; writes are rare so that callers of one busy
+// connection do not contend on the cache line.
+func (st *connRefresh) touch(now time.Time) {
+	n := now.UnixNano()
+	if n-st.lastUse.Load() > int64(time.Second) {
+		st.lastUse.Store(n)
+	}
+}
+
+func (st *connRefresh) isStale(token string) bool {
+	p := st.stale.Load()
+	return p != nil && *p == token
+}
+
+// marginFor is the refresh margin of c: the provider's, else the
+// default, and at most half the token's lifetime as the store saw it.
+func (r *Refresher) marginFor(c *Connection) time.Duration {
+	m := r.margin
+	if cat := r.providers(); cat != nil {
+		if p, ok := cat.Provider(c.Provider); ok && p.OAuth2 != nil && p.OAuth2.RefreshMargin > 0 {
+			m = p.OAuth2.RefreshMargin
+		}
+	}
+	if life := c.Credential.Expiry.Sub(c.UpdateTime); life > 0 && m > life/2 {
+		m = life / 2
+	}
+	return m
+}
+
+// fresh reports whether c's token is valid for longer than the margin.
+func (r *Refresher) fresh(c *Connection, now time.Time) bool {
+	cr := &c.Credential
+	if cr.AccessToken == "" {
+		return false
+	}
+	return cr.Expiry.IsZero() || now.Add(r.marginFor(c)).Before(cr.Expiry)
+}
+
+// usable reports whether c's token may still be sent: not expired.
+func usable(c *Connection, now time.Time) bool {
+	cr := &c.Credential
+	return cr.AccessToken != "" && (cr.Expiry.IsZero() || now.Before(cr.Expiry))
+}
+
+func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (string, error) {
+	for {
+		st.mu.Lock()
+		if !st.dead {
+			break
+		}
+		st.mu.Unlock()
+		st = r.state(id)
+	}
+	// Read the connection under st.mu: a refresh stores its result before
+	// it leaves the flight, so a caller that finds no flight also finds
+	// the latest tokens and never refreshes with a used refresh token.
+	c, ok := r.store.Connection(id)
+	if !ok {
+		st.mu.Unlock()
+		return "", fmt.Errorf("connection %s: %w", id, ErrNotFound)
+	}
+	now := r.now()
+	if c.Status == StatusBadCredentials || (!st.badAt.IsZero() && c.UpdateTime.Equal(st.badAt)) {
+		st.mu.Unlock()
+		return "", ErrBadCredentials
+	}
+	stale := st.isStale(c.Credential.AccessToken)
+	if !stale && r.fresh(c, now) {
+		st.mu.Unlock()
+		return c.Credential.AccessToken, nil
+	}
+	if c.AuthScheme == SchemeOAuth2AuthorizationCode && c.Credential.RefreshToken == "" {
+		// Nothing to refresh with: the token serves until it expires, even
+		// after a 401, which then reaches the caller as the provider sent it.
+		st.mu.Unlock()
+		if usable(c, now) {
+			return c.Credential.AccessToken, nil
+		}
+		return "", ErrTokenExpired
+	}
+	still := !stale && usable(c, now)
+	f := st.flight
+	if f == nil {
+		if now.Before(st.retryAt) {
+			after, reason := st.retryAt.Sub(now), st.retryReason
+			st.mu.Unlock()
+			r.report(c.Provider, resultBackoff, 0)
+			if still {
+				return c.Credential.AccessToken, nil
+			}
+			return "", &RetryError{After: after, Reason: reason}
+		}
+		f = r.start(st, c, stale, nil)
+	}
+	st.mu.Unlock()
+	switch {
+	case still:
+		// Still valid: use it, and let the refresh serve the next requests.
+		return c.Credential.AccessToken, nil
+	case f == nil:
+		return "", &RetryError{After: time.Second, Reason: "shutting down"}
+	}
+	return r.await(ctx, f)
+}
+
+// await waits for f at most Wait, or until ctx ends.
+func (r *Refresher) await(ctx context.Context, f *refreshFlight) (string, error) {
+	select {
+	case <-f.done:
+		return f.token, f.err
+	default:
+	}
+	wait := r.wait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-f.done:
+			return f.token, f.err
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return "", &RetryError{After: time.Second, Reason: "a token refresh is in progress"}
+}
+
+// start begins a refresh of c, with st.mu held, and returns its flight;
+// nil once the Refresher is closed. done, when set, runs after it.
+func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func()) *refreshFlight {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.wg.Add(1)
+	r.mu.Unlock()
+	f := &refreshFlight{done: make(chan struct{})}
+	st.flight = f
+	if forced {
+		st.forced = c.Credential.AccessToken
+	}
+	pending := st.pending
+	go func() {
+		defer r.wg.Done()
+		if done != nil {
+			defer done()
+		}
+		r.fly(st, f, c, pending)
+	}()
+	return f
+}
+
+// fly runs one refresh and publishes its outcome to the state and to the
+// callers waiting on f.
+func (r *Refresher) fly(st *connRefresh, f *refreshFlight, c *Connection, pending *issuedToken) {
+	began := time.Now()
+	out := r.refresh(c, pending)
+	took := time.Since(began)
+
+	st.mu.Lock()
+	st.flight = nil
+	st.pending = out.pending
+	switch out.result {
+	case resultOK:
+		st.failures, st.retryAt, st.retryReason = 0, time.Time{}, ""
+		if p := st.stale.Load(); p != nil && *p == c.Credential.AccessToken {
+			st.stale.Store(nil)
+		}
+		f.token = out.token
+	case resultInvalidGrant:
+		st.failures, st.retryAt, st.retryReason = 0, time.Time{}, ""
+		st.badAt = out.badAt
+		f.err = ErrBadCredentials
+	default:
+		after := time.Second
+		if !out.noBackoff {
+			st.failures++
+			after = r.backoff(st.failures)
+			st.retryAt = r.now().Add(after)
+			st.retryReason = out.reason
+		}
+		f.err = &RetryError{After: after, Reason: out.reason}
+	}
+	st.mu.Unlock()
+	close(f.done)
+	r.report(c.Provider, out.result, took)
+}
+
+// backoff is the pause after the n-th failure in a row: BackoffBase
+// doubled n-1 times, at most BackoffMax, then jittered.
+func (r *Refresher) backoff(n int) time.Duration {
+	d := r.base
+	for i := 1; i < n && d < r.max; i++ {
+		d *= 2
+	}
+	return r.jitter(min(d, r.max))
+}
+
+// fullJitter draws the pause uniformly from [0, ceiling], so that
+// connections that failed together (a provider outage) do not retry
+// together, but never below BackoffBase, so that an unlucky draw does not
+// turn into a burst of attempts.
+func (r *Refresher) fullJitter(ceiling time.Duration) time.Duration {
+	return max(time.Duration(rand.Int64N(int64(ceiling)+1)), r.base)
+}
+
+func (r *Refresher) report(provider, result string, d time.Duration) {
+	if r.onRefresh != nil {
+		r.onRefresh(provider, result, d)
+	}
+}

@@ -219,10 +219,17 @@ func (s *syncBuffer) String() string {
 }
 
 func newHarness(t testing.TB, store Store) *harness {
+	return newHarnessWith(t, Options{Store: store})
+}
+
+// newHarnessWith fills in the config, clock and logger of o.
+func newHarnessWith(t testing.TB, o Options) *harness {
 	t.Helper()
 	logs := &syncBuffer{}
-	srv := New(Options{Store: store, Config: loadConfig(t), Now: func() time.Time { return now },
-		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	o.Config = loadConfig(t)
+	o.Now = func() time.Time { return now }
+	o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	srv := New(o)
 	lis := bufconn.Listen(1 << 20)
 	g := grpc.NewServer()
 	srv.Register(g)

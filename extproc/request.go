@@ -12,6 +12,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/ampproxy/ampproxy/catalog"
+	"github.com/ampproxy/ampproxy/internal/problem"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -116,15 +117,13 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 		credHeader = "authorization"
 		set = append(set, header(credHeader, "Basic "+base64.StdEncoding.EncodeToString([]byte(c.Username+":"+c.Password))))
 	case catalog.AuthOAuth2:
-		c := conn.Credential
-		if c.AccessToken == "" {
-			return nil, failedDependency("missing-credential", "the connection holds no OAuth2 access token")
+		tok, p := s.accessToken(st, conn)
+		if p != nil {
+			return nil, p
 		}
-		if !c.Expiry.IsZero() && !s.now().Before(c.Expiry) {
-			return nil, failedDependency("token-expired", "the connection's OAuth2 access token expired at "+c.Expiry.UTC().Format(time.RFC3339)+" and this build does not refresh tokens")
-		}
+		st.token = tok
 		credHeader = "authorization"
-		set = append(set, header(credHeader, "Bearer "+c.AccessToken))
+		set = append(set, header(credHeader, "Bearer "+tok))
 	}
 	if path != in.path {
 		set = append(set, header(":path", path))
@@ -180,9 +179,51 @@ func (s *Server) responseHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv
 	}
 	if st.provider != nil && st.outcome == "forwarded" {
 		s.met.ProviderResponse(st.provider.Name, st.status)
+		// A 401 to a request that carried an OAuth2 token: the provider
+		// no longer takes it, so the next request refreshes first.
+		if st.status == 401 && st.token != "" && s.tokens != nil {
+			s.tokens.MarkStale(st.conn.ID, st.token)
+		}
 	}
 	return &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}},
+	}
+}
+
+// accessToken returns the OAuth2 access token to send, refreshed if
+// needed, or the problem that stops the request. The token endpoint's
+// troubles map to DESIGN §2: rejected credentials are 424, an endpoint that
+// is down or slow is 503 with Retry-After.
+func (s *Server) accessToken(st *stream, conn *tokens.Connection) (string, *Problem) {
+	if s.tokens == nil {
+		// Without a token source the token is used as stored.
+		c := conn.Credential
+		if c.AccessToken == "" {
+			return "", failedDependency("missing-credential", "the connection holds no OAuth2 access token")
+		}
+		if !c.Expiry.IsZero() && !s.now().Before(c.Expiry) {
+			return "", failedDependency("token-expired", "the connection's OAuth2 access token expired at "+c.Expiry.UTC().Format(time.RFC3339)+" and no token source is configured")
+		}
+		return c.AccessToken, nil
+	}
+	tok, err := s.tokens.AccessToken(st.ctx, conn)
+	if err == nil {
+		return tok, nil
+	}
+	var re *tokens.RetryError
+	switch {
+	case errors.As(err, &re):
+		n := re.RetryAfterSeconds()
+		return "", problem.New(503, "token-unavailable", "the provider's token endpoint could not issue a token ("+re.Reason+"); retry after "+strconv.FormatInt(n, 10)+" s").WithRetryAfter(int(n))
+	case errors.Is(err, tokens.ErrBadCredentials):
+		return "", failedDependency("bad-credentials", "the provider's token endpoint rejected the connection's credentials; update or replace the connection")
+	case errors.Is(err, tokens.ErrTokenExpired):
+		return "", failedDependency("token-expired", "the connection's OAuth2 access token has expired and it holds no refresh token; update or replace the connection")
+	case errors.Is(err, tokens.ErrNotFound):
+		return "", notFound("connection-not-found", "the installation's connection no longer exists")
+	default:
+		s.log.Error("access token", "connection", conn.ID, "err", err)
+		return "", problem.New(503, "token-unavailable", "no access token could be obtained; retry after 1 s").WithRetryAfter(1)
 	}
 }
 

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -31,6 +32,14 @@ type Store interface {
 	Connection(id string) (*tokens.Connection, bool)
 }
 
+// Tokens hands out OAuth2 access tokens, refreshing them when needed
+// (tokens.Refresher). AccessToken must answer from memory while the
+// token is valid.
+type Tokens interface {
+	AccessToken(ctx context.Context, c *tokens.Connection) (string, error)
+	MarkStale(connID, accessToken string)
+}
+
 // Options configure a Server. Store and Config are required.
 type Options struct {
 	Store  Store
@@ -42,6 +51,9 @@ type Options struct {
 	// Metrics records requests, phase latencies and provider statuses;
 	// nil records nothing.
 	Metrics *metrics.Metrics
+	// Tokens refreshes OAuth2 tokens; nil uses tokens as stored and
+	// answers 424 once they expire.
+	Tokens Tokens
 }
 
 // Server is the ext_proc service. It is safe for concurrent streams.
@@ -54,13 +66,14 @@ type Server struct {
 	log    *slog.Logger
 	health *health.Server
 	met    *metrics.Metrics
+	tokens Tokens
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 
 // New returns a Server.
 func New(o Options) *Server {
-	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics}
+	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics, tokens: o.Tokens}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -94,6 +107,8 @@ type stream struct {
 	start     time.Time
 	own       time.Duration // ampproxy's own time over both phases
 	finished  bool          // counted and logged
+	ctx       context.Context
+	token     string // the OAuth2 access token sent, for MarkStale
 	requestID string
 	project   string
 	integ     string
@@ -110,7 +125,7 @@ type stream struct {
 // headers. Messages for phases the filter config does not send (bodies,
 // trailers) get an empty answer of the matching kind.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
-	var st stream
+	st := stream{ctx: srv.Context()}
 	defer s.finish(&st)
 	for {
 		req, err := srv.Recv()

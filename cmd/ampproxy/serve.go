@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ampproxy/ampproxy/admin"
+	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/extproc"
 	"github.com/ampproxy/ampproxy/internal/metrics"
@@ -67,7 +68,27 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 
 	var current atomic.Pointer[config.Config]
 	current.Store(cfg)
-	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met})
+	refresher := tokens.NewRefresher(tokens.RefresherOptions{
+		Store:     store,
+		Providers: func() *catalog.Catalog { return current.Load().Providers },
+		Apps: func(projectID, provider string) (string, string, bool, error) {
+			p, ok := current.Load().Project(projectID)
+			if !ok {
+				return "", "", false, nil
+			}
+			app, ok := p.App(provider)
+			if !ok {
+				return "", "", false, nil
+			}
+			secret, err := app.ClientSecret()
+			return app.ClientID, secret, true, err
+		},
+		Logger:    log,
+		OnRefresh: met.Refresh,
+	})
+	refreshDone := make(chan struct{})
+	go func() { defer close(refreshDone); refresher.Run(ctx) }()
+	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met, Tokens: refresher})
 	g := grpc.NewServer()
 	ep.Register(g)
 	glis, err := listen(cfg.GRPC.Listen)
@@ -141,6 +162,8 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	defer scancel()
 	hs.Shutdown(sctx)
 	<-reloaded
+	<-refreshDone
+	refresher.Close()
 	log.Info("ampproxy stopped")
 	return err
 }

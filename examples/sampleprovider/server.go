@@ -62,6 +62,11 @@ type Options struct {
 	// time.Now. Certificates use the real clock, as TLS peers do.
 	Now func() time.Time
 
+	// ExternalTokens, when set, also accepts bearer tokens it approves,
+	// so that tokens issued by another authorization server (a test's
+	// OAuth2 server) open the API too.
+	ExternalTokens func(token string) bool
+
 	// Logger receives one debug record per request (method, path, status,
 	// auth mode; never a credential) and the HTTP server's errors. Nil
 	// discards everything.
@@ -71,6 +76,7 @@ type Options struct {
 // Server is a running sample provider. Its methods are safe for concurrent
 // use.
 type Server struct {
+	external               func(string) bool
 	apiKey                 string
 	basicUser, basicPass   string
 	clientID, clientSecret string
@@ -128,6 +134,7 @@ func Start(opts Options) (*Server, error) {
 	s := &Server{
 		apiKey:          opts.APIKey,
 		basicUser:       opts.BasicUser,
+		external:        opts.ExternalTokens,
 		basicPass:       opts.BasicPassword,
 		clientID:        opts.ClientID,
 		clientSecret:    opts.ClientSecret,

@@ -229,7 +229,11 @@ func TestContractErrors(t *testing.T) {
 					}
 				})
 			}
-			t.Run("expired token", func(t *testing.T) {
+			// sampleOAuth's token endpoint is the sample provider's, but
+			// the project has no OAuth2 app for it: the token cannot be
+			// refreshed until the operator adds one, which is a 503 with
+			// Retry-After (the log names providerApps), not a 424.
+			t.Run("expired token, no app to refresh it", func(t *testing.T) {
 				access, refresh := e.provider.IssueTokens(time.Hour)
 				oa := &admin.OAuth2AuthorizationCode{}
 				oa.AccessToken.Token = access
@@ -245,7 +249,10 @@ func TestContractErrors(t *testing.T) {
 				}
 				before := e.provider.TotalHits()
 				resp, body := e.do(call{path: "/v1/contacts", headers: proxyHeaders("oauth", "expired")})
-				checkProblem(t, resp, body, 424, "token-expired")
+				checkProblem(t, resp, body, 503, "token-unavailable")
+				if resp.Header.Get("Retry-After") == "" {
+					t.Error("no Retry-After")
+				}
 				if e.provider.TotalHits() != before || strings.Contains(string(body), access) {
 					t.Error("the provider was reached, or the token echoed")
 				}
@@ -387,8 +394,8 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 501 {
-		t.Errorf("oauth-connect: %d", resp.StatusCode)
+	if resp.StatusCode != 401 {
+		t.Errorf("oauth-connect without a key: %d", resp.StatusCode)
 	}
 	e.checkLogs()
 }
@@ -405,7 +412,7 @@ func (e *env) checkLogs() {
 	e.t.Helper()
 	logs := e.amp.logs.String()
 	for _, s := range append(secrets, e.tokens...) {
-		if strings.Contains(logs, s) {
+		if s != "" && strings.Contains(logs, s) {
 			e.t.Errorf("ampproxy logged a secret")
 		}
 	}

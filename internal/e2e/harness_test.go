@@ -28,6 +28,7 @@ import (
 	"github.com/ampproxy/ampproxy/admin"
 	"github.com/ampproxy/ampproxy/envoy/envoytest"
 	"github.com/ampproxy/ampproxy/examples/sampleprovider"
+	"github.com/ampproxy/ampproxy/internal/oauthtest"
 )
 
 // binary is the ampproxy built once for the whole suite.
@@ -156,6 +157,7 @@ type env struct {
 	admin    *admin.Client
 	kind     planeKind
 	tokens   []string // OAuth2 tokens issued during the test: secrets too
+	auth     *oauthtest.Server
 }
 
 // dataPlane is what the caller talks to: envoytest or a real envoy.
@@ -172,16 +174,29 @@ const (
 )
 
 func newEnv(t *testing.T, kind planeKind) *env {
+	return newEnvWith(t, kind, nil)
+}
+
+// newEnvWith adds, when auth is given, OAuth2 providers whose token and
+// authorization endpoints are that server: sampleRefresh (authorization
+// code), samplePKCE (authorization code with PKCE) and sampleCC (client
+// credentials), with the project's app for the first two. The sample
+// provider's API then also accepts the tokens auth issues.
+func newEnvWith(t *testing.T, kind planeKind, auth *oauthtest.Server) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir()}
-	p, err := sampleprovider.Start(sampleprovider.Options{
+	e := &env{t: t, dir: t.TempDir(), auth: auth}
+	popts := sampleprovider.Options{
 		Hosts:         []string{"api.sample.test", "*.sample.test", "localhost"},
 		APIKey:        providerAPIKey,
 		BasicUser:     basicUser,
 		BasicPassword: basicPassword,
 		ClientID:      clientID,
 		ClientSecret:  clientSecret,
-	})
+	}
+	if auth != nil {
+		popts.ExternalTokens = auth.ValidAccess
+	}
+	p, err := sampleprovider.Start(popts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,19 +212,27 @@ func newEnv(t *testing.T, kind planeKind) *env {
 	e.sock = filepath.Join(sdir, "extproc.sock")
 
 	sum := sha256.Sum256([]byte(projectKey))
-	if kind == planeEnvoytest {
-		e.write("providers.local.yaml", overrides("api.sample.test", true))
-		e.write("amp.yaml", manifest+workspaceIntegration)
-	} else {
+	host, extraManifest := "api.sample.test", workspaceIntegration
+	if kind != planeEnvoytest {
 		_, port, _ := net.SplitHostPort(p.Addr())
-		e.write("providers.local.yaml", overrides("localhost:"+port, false))
-		e.write("amp.yaml", manifest)
+		host, extraManifest = "localhost:"+port, ""
 	}
+	provs := overrides(host, kind == planeEnvoytest)
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	apps := ""
+	if auth != nil {
+		provs += oauthProviders(host, auth)
+		extraManifest += oauthIntegrations
+		e.write("client-secret", auth.ClientSecret())
+		apps = oauthApps(auth.ClientID(), "http://"+adminAddr+"/v1/oauth/callback")
+	}
+	e.write("providers.local.yaml", provs)
+	e.write("amp.yaml", manifest+extraManifest)
 	e.kind = kind
 	e.config = e.write("ampproxy.yaml", `grpc:
   listen: unix://`+e.sock+`
 admin:
-  listen: 127.0.0.1:0
+  listen: `+adminAddr+`
 storage:
   path: data/ampproxy.db
   encryptionKeyFile: data/master.key
@@ -224,7 +247,7 @@ projects:
     apiKeys:
       - sha256: `+hex.EncodeToString(sum[:])+`
     manifest: amp.yaml
-`)
+`+apps)
 	e.startAmpproxy()
 
 	switch kind {

@@ -62,10 +62,14 @@ func TestGracefulShutdown(t *testing.T) {
 	var wg sync.WaitGroup
 	statuses := make(chan int, n)
 	for i := 0; i < n; i++ {
+		// Staggered, so that a burst of 50 streams on two cores under the
+		// race detector does not trip the data plane's 200 ms message
+		// timeout before the requests are in flight.
+		time.Sleep(10 * time.Millisecond)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("GET", e.plane.URL()+"/v1/slow?delay_ms=1500", nil)
+			req, _ := http.NewRequest("GET", e.plane.URL()+"/v1/slow?delay_ms=3000", nil)
 			for k, v := range proxyHeaders("key", "acme") {
 				req.Header.Set(k, v)
 			}

@@ -1,0 +1,112 @@
+package extproc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ampproxy/ampproxy/tokens"
+)
+
+// fakeTokens answers AccessToken with a fixed token or error and records
+// MarkStale calls.
+type fakeTokens struct {
+	mu     sync.Mutex
+	token  string
+	err    error
+	stale  []string
+	called int
+}
+
+func (f *fakeTokens) AccessToken(_ context.Context, c *tokens.Connection) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.called++
+	return f.token, f.err
+}
+
+func (f *fakeTokens) MarkStale(connID, tok string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stale = append(f.stale, connID+"/"+tok)
+}
+
+// TestTokenSourceErrors: the refresher's outcomes become DESIGN §2's
+// statuses — 424 for rejected or unusable credentials, 503 with
+// Retry-After when the token endpoint is down or slow.
+func TestTokenSourceErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		status     int
+		slug       string
+		retryAfter string
+	}{
+		{"invalid_grant", fmt.Errorf("refresh: %w", tokens.ErrBadCredentials), 424, "bad-credentials", ""},
+		{"no refresh token", tokens.ErrTokenExpired, 424, "token-expired", ""},
+		{"endpoint down", &tokens.RetryError{After: 2500 * time.Millisecond, Reason: "token endpoint answered 503"}, 503, "token-unavailable", "3"},
+		{"connection gone", fmt.Errorf("x: %w", tokens.ErrNotFound), 404, "connection-not-found", ""},
+		{"anything else", errors.New("boom"), 503, "token-unavailable", "1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ft := &fakeTokens{err: tc.err}
+			h := newHarnessWith(t, Options{Store: newFixture(), Tokens: ft})
+			first, second := h.exchange(envoyHeaders("/x", proxyHeaders("oauth-int", "g1")...), "200")
+			if second != nil {
+				t.Fatal("forwarded")
+			}
+			ir := first.GetImmediateResponse()
+			var p Problem
+			if err := json.Unmarshal(ir.Body, &p); err != nil {
+				t.Fatal(err)
+			}
+			if int(ir.Status.Code) != tc.status || p.Status != tc.status || p.Type != ProblemTypePrefix+tc.slug {
+				t.Fatalf("got %d %s", ir.Status.Code, ir.Body)
+			}
+			got := ""
+			for _, hv := range ir.Headers.SetHeaders {
+				if hv.Header.Key == "retry-after" {
+					got = string(hv.Header.RawValue)
+				}
+			}
+			if got != tc.retryAfter {
+				t.Errorf("retry-after %q, want %q", got, tc.retryAfter)
+			}
+		})
+	}
+}
+
+// TestTokenSourceUsedAndMarkedStale: the refresher's token is what goes
+// out, and a provider 401 marks exactly that token stale.
+func TestTokenSourceUsedAndMarkedStale(t *testing.T) {
+	ft := &fakeTokens{token: "fresh-token-from-refresher"}
+	h := newHarnessWith(t, Options{Store: newFixture(), Tokens: ft})
+	first, _ := h.exchange(envoyHeaders("/x", proxyHeaders("oauth-int", "g1")...), "200")
+	found := false
+	for _, hv := range first.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+		if hv.Header.Key == "authorization" && string(hv.Header.RawValue) == "Bearer fresh-token-from-refresher" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the refresher's token was not sent")
+	}
+	if len(ft.stale) != 0 {
+		t.Fatal("marked stale after a 200")
+	}
+	h.exchange(envoyHeaders("/x", proxyHeaders("oauth-int", "g1")...), "401")
+	if len(ft.stale) != 1 || !strings.HasSuffix(ft.stale[0], "/fresh-token-from-refresher") {
+		t.Fatalf("stale = %v", ft.stale)
+	}
+	// API-key requests never ask for a token.
+	before := ft.called
+	h.exchange(envoyHeaders("/x", proxyHeaders("key-int", "g1")...), "401")
+	if ft.called != before || len(ft.stale) != 1 {
+		t.Error("an API-key request used the token source")
+	}
+}

@@ -166,7 +166,10 @@ func TestRefreshCrashSafety(t *testing.T) {
 			t.Fatalf("round %d: the refresher exited (%v) before it was killed: %s", round, err, stderr.String())
 		}
 
-		// Reopen and judge.
+		// Reopen and judge, once the server has finished the request the
+		// child may have left behind: until then a rotation may still be
+		// under way, and the "latest" pair not yet the latest.
+		srv.WaitIdle()
 		s, err := Open(path, testKey, Options{})
 		if err != nil {
 			t.Fatal(err)

@@ -129,6 +129,8 @@ type Server struct {
 	closing chan struct{}
 	once    sync.Once
 
+	inflight sync.WaitGroup
+
 	mu       sync.Mutex
 	down     bool
 	delay    time.Duration
@@ -297,6 +299,12 @@ func (s *Server) Requests(grant string) int {
 	return n
 }
 
+// WaitIdle waits until no token request is being handled. A client
+// killed mid-request leaves the server still answering it (and rotating
+// the refresh token); a test judging the client's store must wait for
+// that to finish first.
+func (s *Server) WaitIdle() { s.inflight.Wait() }
+
 // Issued lists every token pair the server has issued, oldest first.
 func (s *Server) Issued() []Tokens {
 	s.mu.Lock()
@@ -347,6 +355,8 @@ func (s *Server) ValidRefresh(token string) bool {
 }
 
 func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	s.inflight.Add(1)
+	defer s.inflight.Done()
 	if err := r.ParseForm(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request")
 		return

@@ -482,7 +482,14 @@ func (s *server) getConnection(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, c)
+	view := ConnectionView{Connection: c}
+	if s.locks != nil {
+		if win, open := s.locks.Check(c.ID, s.now()); open {
+			until, retryable := win.Until.UTC(), win.Retryable
+			view.RateLimitedUntil, view.Retryable = &until, &retryable
+		}
+	}
+	writeJSON(w, http.StatusOK, view)
 }
 
 // problemError carries a problem out of an UpdateConnection callback.

@@ -21,6 +21,8 @@ import (
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/internal/problem"
 	"github.com/ampproxy/ampproxy/tokens"
+
+	"github.com/ampproxy/ampproxy/throttle"
 )
 
 // Store is the part of the token store the admin API uses. *tokens.Store
@@ -76,6 +78,14 @@ type Options struct {
 	// should have a timeout too; the exchange is bounded by
 	// ExchangeTimeout whatever the client does.
 	HTTPClient *http.Client
+	// Lockouts, when set, shows a connection's open lockout window
+	// (rateLimitedUntil, retryable) in GET …/connections/{id}.
+	Lockouts Lockouts
+}
+
+// Lockouts reports a connection's open throttle window (throttle.Table).
+type Lockouts interface {
+	Check(connID string, now time.Time) (throttle.Window, bool)
 }
 
 // Limits of what a request may carry.
@@ -104,6 +114,7 @@ type server struct {
 	http     *http.Client
 	connects *connectStates
 	mux      *http.ServeMux
+	locks    Lockouts
 }
 
 // New returns the admin API handler. It answers every path it does not
@@ -111,7 +122,7 @@ type server struct {
 // at "/v1/" of a larger mux.
 func New(opts Options) http.Handler {
 	s := &server{store: opts.Store, config: opts.Config, log: opts.Logger, now: opts.Now, http: opts.HTTPClient,
-		connects: newConnectStates()}
+		connects: newConnectStates(), locks: opts.Lockouts}
 	if s.http == nil {
 		s.http = defaultTokenClient
 	}

@@ -142,8 +142,17 @@ type CreateInstallationRequest struct {
 // any value.
 type ConnectionFilter = tokens.ConnectionFilter
 
-// ConnectionList is one page of GET …/connections. NextPageToken is empty
-// on the last page.
+// ConnectionView is GET …/connections/{id}: the connection and, while
+// the provider has it locked out (throttle mode, DESIGN §3), when the
+// window ends and whether retrying then will help.
+type ConnectionView struct {
+	*tokens.Connection
+	RateLimitedUntil *time.Time `json:"rateLimitedUntil,omitempty"`
+	Retryable        *bool      `json:"retryable,omitempty"`
+}
+
+// ConnectionList is one page of GET …/connections. NextPageToken is
+// absent on the last page.
 type ConnectionList struct {
 	Items         []*tokens.Connection `json:"items"`
 	NextPageToken string               `json:"nextPageToken,omitempty"`

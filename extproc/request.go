@@ -13,6 +13,7 @@ import (
 
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/internal/problem"
+	"github.com/ampproxy/ampproxy/throttle"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -82,6 +83,15 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 	st.conn = conn
 	if conn.Status == tokens.StatusBadCredentials {
 		return nil, failedDependency("bad-credentials", "the connection's credentials were rejected by the provider; update or replace the connection")
+	}
+	// Throttle mode: a connection the provider locked out is answered
+	// here and the request never reaches the provider (DESIGN §3). One
+	// lock-free map read; requests without the header skip it.
+	if st.throttle && s.locks != nil {
+		if w, open := s.locks.Check(conn.ID, s.now()); open {
+			s.met.ShortCircuited(prov.Name)
+			return nil, lockedOut(w, s.now())
+		}
 	}
 
 	up, err := prov.Resolve(conn.Metadata, in.path)
@@ -165,7 +175,27 @@ func without(list []string, name string) []string {
 	return out
 }
 
-// responseHeaders records the provider's status for the stream.
+// lockedOut is the 429 of a short-circuited throttle-mode request.
+func lockedOut(w throttle.Window, now time.Time) *Problem {
+	secs := throttle.RetryAfterSeconds(w.Until, now)
+	if secs < 1 {
+		secs = 1
+	}
+	until := throttle.FormatRetryAfter(w.Until)
+	detail := "the provider rate-limited this connection; retry after " + until
+	if !w.Retryable {
+		detail = "the provider locked this connection out until " + until + "; retrying earlier will not help"
+	}
+	p := problem.New(429, "rate-limited", detail).WithRetryAfter(int(secs))
+	p.Headers = append(p.Headers,
+		[2]string{"x-amp-retry-after", until},
+		[2]string{"x-amp-retryable", strconv.FormatBool(w.Retryable)})
+	return p
+}
+
+// responseHeaders records the provider's status for the stream. On a
+// provider 429 it opens or extends the connection's lockout window and
+// tells the caller when to retry (DESIGN §3).
 func (s *Server) responseHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		if hv.Key == ":status" {
@@ -183,6 +213,9 @@ func (s *Server) responseHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv
 		// no longer takes it, so the next request refreshes first.
 		if st.status == 401 && st.token != "" && s.tokens != nil {
 			s.tokens.MarkStale(st.conn.ID, st.token)
+		}
+		if st.status == 429 && s.locks != nil {
+			return s.observe429(st, h.GetHeaders())
 		}
 	}
 	return &extprocv3.ProcessingResponse{
@@ -224,6 +257,37 @@ func (s *Server) accessToken(st *stream, conn *tokens.Connection) (string, *Prob
 	default:
 		s.log.Error("access token", "connection", conn.ID, "err", err)
 		return "", problem.New(503, "token-unavailable", "no access token could be obtained; retry after 1 s").WithRetryAfter(1)
+	}
+}
+
+// observe429 records the provider's 429 for the connection (durably,
+// before this answer leaves) and adds X-Amp-Retry-After and
+// X-Amp-Retryable to the response.
+func (s *Server) observe429(st *stream, hm *corev3.HeaderMap) *extprocv3.ProcessingResponse {
+	get := throttle.HeaderFunc(func(name string) (string, bool) {
+		for _, hv := range hm.GetHeaders() {
+			if hv.Key == name {
+				if len(hv.RawValue) > 0 {
+					return string(hv.RawValue), true
+				}
+				return hv.Value, true
+			}
+		}
+		return "", false
+	})
+	w, err := s.locks.Observe429(st.conn.ID, st.provider.Name, get, st.provider.RateLimit, s.now())
+	if err != nil {
+		// The window applies in memory all the same; only its
+		// persistence failed.
+		s.log.Error("lockout window not persisted", "connection", st.conn.ID, "err", err)
+	}
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				header("x-amp-retry-after", throttle.FormatRetryAfter(w.Until)),
+				header("x-amp-retryable", strconv.FormatBool(w.Retryable)),
+			}}},
+		}},
 	}
 }
 

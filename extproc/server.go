@@ -21,6 +21,7 @@ import (
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/internal/metrics"
+	"github.com/ampproxy/ampproxy/throttle"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -40,6 +41,14 @@ type Tokens interface {
 	MarkStale(connID, accessToken string)
 }
 
+// Lockouts is the throttle table of DESIGN §3 (throttle.Table): Check on
+// the request path of throttle-mode requests, Observe429 in the response
+// phase of every provider 429.
+type Lockouts interface {
+	Check(connID string, now time.Time) (throttle.Window, bool)
+	Observe429(connID, provider string, h throttle.Headers, rl catalog.RateLimit, now time.Time) (throttle.Window, error)
+}
+
 // Options configure a Server. Store and Config are required.
 type Options struct {
 	Store  Store
@@ -54,6 +63,9 @@ type Options struct {
 	// Tokens refreshes OAuth2 tokens; nil uses tokens as stored and
 	// answers 424 once they expire.
 	Tokens Tokens
+	// Lockouts remembers provider 429s per connection; nil turns throttle
+	// mode off (requests pass, 429s are not remembered).
+	Lockouts Lockouts
 }
 
 // Server is the ext_proc service. It is safe for concurrent streams.
@@ -67,13 +79,14 @@ type Server struct {
 	health *health.Server
 	met    *metrics.Metrics
 	tokens Tokens
+	locks  Lockouts
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 
 // New returns a Server.
 func New(o Options) *Server {
-	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics, tokens: o.Tokens}
+	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics, tokens: o.Tokens, locks: o.Lockouts}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -262,6 +275,9 @@ func (s *Server) requestHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv3
 		p.RequestID = st.requestID
 		st.status = p.Status
 		st.outcome = p.Slug()
+		if p.Status == 429 {
+			st.outcome = "short-circuited"
+		}
 		return immediate(p)
 	}
 	st.outcome = "forwarded"

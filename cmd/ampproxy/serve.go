@@ -24,6 +24,7 @@ import (
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/extproc"
 	"github.com/ampproxy/ampproxy/internal/metrics"
+	"github.com/ampproxy/ampproxy/throttle"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -88,7 +89,24 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	})
 	refreshDone := make(chan struct{})
 	go func() { defer close(refreshDone); refresher.Run(ctx) }()
-	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met, Tokens: refresher})
+	locks, err := throttle.New(throttle.Options{
+		DefaultWindow: time.Duration(cfg.Throttle.DefaultWindow),
+		MaxWindow:     time.Duration(cfg.Throttle.MaxWindow),
+		Persist:       throttle.StorePersister(store),
+		Logger:        log,
+		OnOpen:        met.LockoutOpened,
+	})
+	if err != nil {
+		return err
+	}
+	met.GaugeFunc("ampproxy_lockout_windows_open", "Open lockout windows.", func() float64 { return float64(locks.Open()) })
+	// The lockout writer outlives the drain: a 429 answered while streams
+	// finish is still committed before its answer leaves.
+	lockCtx, lockCancel := context.WithCancel(context.Background())
+	defer lockCancel()
+	lockDone := make(chan struct{})
+	go func() { defer close(lockDone); locks.Run(lockCtx) }()
+	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met, Tokens: refresher, Lockouts: locks})
 	g := grpc.NewServer()
 	ep.Register(g)
 	glis, err := listen(cfg.GRPC.Listen)
@@ -104,9 +122,10 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	var ready atomic.Bool
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", admin.New(admin.Options{
-		Store:  store,
-		Config: current.Load,
-		Logger: log,
+		Store:    store,
+		Config:   current.Load,
+		Logger:   log,
+		Lockouts: locks,
 	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -164,6 +183,8 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	<-reloaded
 	<-refreshDone
 	refresher.Close()
+	lockCancel()
+	<-lockDone
 	log.Info("ampproxy stopped")
 	return err
 }
@@ -204,8 +225,8 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 			log.Error("config reload rejected; the running config stays in force", "err", err)
 			continue
 		}
-		if next.GRPC != cfg.GRPC || next.Admin != cfg.Admin || next.Storage != cfg.Storage {
-			log.Warn("grpc, admin and storage settings change only on restart")
+		if next.GRPC != cfg.GRPC || next.Admin != cfg.Admin || next.Storage != cfg.Storage || next.Throttle != cfg.Throttle {
+			log.Warn("grpc, admin, storage and throttle settings change only on restart")
 		}
 		seen = fileStamps(next.Files())
 		current.Store(next)

@@ -102,6 +102,9 @@ const overridesTemplate = `providers:
     authType: apiKey
     apiKey: {header: {name: X-Api-Key}}
     proxy: true
+    rateLimit:
+      resetHeaders: [{name: x-ratelimit-reset, format: epochSeconds}]
+      lockoutMarkers: [x-token-locked]
   - name: sampleQuery
     displayName: Sample (API key in query)
     baseURL: https://api.sample.test

@@ -30,10 +30,13 @@ func (p *Provider) Resolve(meta map[string]string, pathQuery string) (Upstream, 
 	v := values{meta: meta, defaults: p.defaults}
 	t := p.base
 	var b strings.Builder
-	if err := t.expandHost(&b, v); err != nil {
-		return Upstream{}, err
+	authority := t.authority
+	if t.hostVars {
+		if err := t.expandHost(&b, v); err != nil {
+			return Upstream{}, err
+		}
+		authority = b.String()
 	}
-	authority := b.String()
 	if len(t.path) == 0 {
 		return Upstream{Scheme: t.scheme, Authority: authority, Path: pathQuery}, nil
 	}

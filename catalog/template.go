@@ -26,6 +26,10 @@ type urlTemplate struct {
 	vars   []string
 
 	hostVars bool // the host takes at least one value
+
+	// authority is host[:port] of a template whose host takes no value,
+	// built once so that resolving it allocates nothing.
+	authority string
 }
 
 // parseSegments splits s into literals and {{.name}} references.
@@ -126,6 +130,13 @@ func compileURL(raw string) (*urlTemplate, error) {
 		if s.v != "" {
 			t.vars = append(t.vars, s.v)
 		}
+	}
+	if !t.hostVars {
+		var b strings.Builder
+		if err := t.expandHost(&b, values{}); err != nil {
+			return nil, err
+		}
+		t.authority = b.String()
 	}
 	return t, nil
 }
@@ -243,10 +254,24 @@ func checkHostValue(v string) error {
 			return errors.New("a DNS label cannot start or end with '-'")
 		}
 	}
-	if net.ParseIP(v) != nil {
+	if isIP(v) {
 		return errors.New("IP literals are not allowed")
 	}
 	return nil
+}
+
+// isIP reports whether s is an IP literal as net.ParseIP reads them. It
+// calls ParseIP only for strings made of the characters an address can
+// hold, because a failed parse allocates its error and ordinary host names
+// are checked on every request.
+func isIP(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return net.ParseIP(s) != nil
 }
 
 // checkHost rejects hosts that name an address rather than a domain, even
@@ -254,7 +279,7 @@ func checkHostValue(v string) error {
 // resolvers accept IPv4 in disguise (2130706433, 0x7f000001), and localhost
 // names the machine itself.
 func checkHost(h string) error {
-	if net.ParseIP(h) != nil {
+	if isIP(h) {
 		return errors.New("IP literals are not allowed")
 	}
 	lower := strings.ToLower(h)

@@ -2,7 +2,10 @@ package extproc
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -23,12 +26,12 @@ func BenchmarkHandlers(b *testing.B) {
 			h.srv.log = discardLogger
 			b.ReportAllocs()
 			for b.Loop() {
-				var st stream
-				if r := h.srv.requestHeaders(&st, req); r.GetRequestHeaders() == nil {
+				st := &stream{ctx: context.Background()}
+				if r := h.srv.requestHeaders(st, req); r.GetRequestHeaders() == nil {
 					b.Fatal(r)
 				}
-				h.srv.responseHeaders(&st, respHeaders)
-				h.srv.logRequest(&st)
+				h.srv.responseHeaders(st, respHeaders)
+				h.srv.logRequest(st)
 			}
 		})
 	}
@@ -59,5 +62,21 @@ func BenchmarkStream(b *testing.B) {
 		}
 		st.CloseSend()
 		st.Recv()
+	}
+}
+
+// BenchmarkRequestLog measures the one log line per request as serve
+// writes it by default (JSON, info), to a writer that discards it.
+func BenchmarkRequestLog(b *testing.B) {
+	h := newHarness(b, newFixture())
+	h.srv.log = slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	req := &extprocv3.HttpHeaders{Headers: envoyHeaders("/v1/items", proxyHeaders("key-int", "g1")...), EndOfStream: true}
+	st := &stream{ctx: context.Background()}
+	h.srv.requestHeaders(st, req)
+	h.srv.responseHeaders(st, respHeaders)
+	st.start = time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		h.srv.logRequest(st)
 	}
 }

@@ -24,7 +24,16 @@
 // # Caveats
 //
 // The hot path reads only memory: the config is an atomic pointer swapped
-// on reload, and the Store must answer without disk I/O. An expired OAuth2
-// access token is answered with 424 (token-expired) because this build
-// does not refresh tokens yet.
+// on reload, the Store answers without disk I/O, and Tokens answers from
+// memory while a token is valid (a refresh, when one is due, is the only
+// network call, made by tokens.Refresher). A provider 429 waits for its
+// lockout window to be committed before the answer leaves (throttle.Table).
+//
+// A forwarded request allocates its answers as one block with the stream
+// (reply), and the x-amp-* values it parses are views of the received
+// message's bytes rather than copies. Both rely on grpc-go and
+// protobuf-go as they are: Send encodes the message before it returns, and
+// decoding copies bytes out of gRPC's buffers, so nothing else writes to
+// either. A gRPC interceptor or stats handler that kept a received message
+// and changed it would break the second.
 package extproc

@@ -327,7 +327,7 @@ func FuzzParseHeaders(f *testing.F) {
 	f.Add("X-AMP-PROJECT-ID", []byte("p"), ":path", []byte("/\x00"))
 	f.Fuzz(func(t *testing.T, k1 string, v1 []byte, k2 string, v2 []byte) {
 		hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: k1, RawValue: v1}, {Key: k2, RawValue: v2}}}
-		in, p := parseHeaders(hm)
+		in, p := parseHeaders(hm, nil)
 		if p != nil {
 			return
 		}

@@ -2,7 +2,6 @@ package extproc
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"log/slog"
 	"strconv"
@@ -20,7 +19,7 @@ import (
 // route decides where the request goes and with which credential; it
 // returns either the header mutation or the problem to answer with.
 func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, *Problem) {
-	in, p := parseHeaders(h.GetHeaders())
+	in, p := parseHeaders(h.GetHeaders(), st.r.remove[:0])
 	st.requestID = in.requestID
 	if p != nil {
 		return nil, p
@@ -103,8 +102,8 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 	}
 	st.upstream = up.Authority
 
-	set := make([]*corev3.HeaderValueOption, 0, 3)
-	set = append(set, header(":authority", up.Authority))
+	r := &st.r
+	r.setHeader(":authority", r.value(up.Authority))
 	path := up.Path
 	credHeader := ""
 	switch prov.AuthType {
@@ -117,7 +116,7 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 			path = catalog.SetQueryParam(path, prov.APIKey.Query, key)
 		} else {
 			credHeader = prov.APIKeyHeaderLower()
-			set = append(set, header(credHeader, prov.APIKey.Header.Prefix+key))
+			r.setHeader(credHeader, r.value(prov.APIKey.Header.Prefix, key))
 		}
 	case catalog.AuthBasic:
 		c := conn.Credential
@@ -125,7 +124,7 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 			return nil, failedDependency("missing-credential", "the connection holds no basic-auth credentials")
 		}
 		credHeader = "authorization"
-		set = append(set, header(credHeader, "Basic "+base64.StdEncoding.EncodeToString([]byte(c.Username+":"+c.Password))))
+		r.setHeader(credHeader, r.basic(c.Username, c.Password))
 	case catalog.AuthOAuth2:
 		tok, p := s.accessToken(st, conn)
 		if p != nil {
@@ -133,10 +132,10 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 		}
 		st.token = tok
 		credHeader = "authorization"
-		set = append(set, header(credHeader, "Bearer "+tok))
+		r.setHeader(credHeader, r.value("Bearer ", tok))
 	}
 	if path != in.path {
-		set = append(set, header(":path", path))
+		r.setHeader(":path", r.value(path))
 	}
 
 	remove := in.remove
@@ -149,20 +148,7 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 			remove = append(remove, "authorization")
 		}
 	}
-	return &extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_RequestHeaders{
-			RequestHeaders: &extprocv3.HeadersResponse{
-				Response: &extprocv3.CommonResponse{
-					HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: set, RemoveHeaders: remove},
-					// The route was chosen on the caller's :authority; the
-					// new one must pick the dynamic-forward-proxy route
-					// again. Envoy honours this only together with a
-					// mutation, which this response always carries.
-					ClearRouteCache: true,
-				},
-			},
-		},
-	}, nil
+	return r.forward(remove), nil
 }
 
 func without(list []string, name string) []string {
@@ -218,9 +204,7 @@ func (s *Server) responseHeaders(st *stream, h *extprocv3.HttpHeaders) *extprocv
 			return s.observe429(st, h.GetHeaders())
 		}
 	}
-	return &extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}},
-	}
+	return st.r.pass()
 }
 
 // accessToken returns the OAuth2 access token to send, refreshed if
@@ -308,10 +292,18 @@ func (s *Server) finish(st *stream) {
 // logRequest writes the one line per request. It carries names and IDs,
 // never a header value that could be a secret.
 func (s *Server) logRequest(st *stream) {
-	if st.start.IsZero() || !s.log.Enabled(context.Background(), slog.LevelInfo) {
+	ctx := context.Background()
+	h := s.log.Handler()
+	if st.start.IsZero() || !h.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
-	attrs := []slog.Attr{
+	// The record is built here rather than through Logger.LogAttrs, which
+	// captures the caller's program counter for every line; no handler of
+	// ampproxy's reports the source, and the capture was a sixth of the
+	// line's cost.
+	r := slog.NewRecord(s.now(), slog.LevelInfo, "request", 0)
+	var buf [11]slog.Attr
+	attrs := append(buf[:0],
 		slog.String("requestId", st.requestID),
 		slog.String("project", st.project),
 		slog.String("integration", st.integ),
@@ -320,8 +312,8 @@ func (s *Server) logRequest(st *stream) {
 		// latency is ampproxy's own processing time; total adds the
 		// provider's time between the two phases.
 		slog.Duration("latency", st.own),
-		slog.Duration("total", s.now().Sub(st.start)),
-	}
+		slog.Duration("total", r.Time.Sub(st.start)),
+	)
 	if st.provider != nil {
 		attrs = append(attrs, slog.String("provider", st.provider.Name))
 	}
@@ -331,5 +323,7 @@ func (s *Server) logRequest(st *stream) {
 	if st.upstream != "" {
 		attrs = append(attrs, slog.String("upstream", st.upstream))
 	}
-	s.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+	r.AddAttrs(attrs...)
+	// As with Logger, a failed log write is not the request's failure.
+	_ = h.Handle(ctx, r)
 }

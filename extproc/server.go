@@ -132,14 +132,16 @@ type stream struct {
 	upstream  string
 	status    int
 	outcome   string
+	r         reply // the answers of a forwarded request, allocated with the stream
 }
 
 // Process serves one HTTP request's stream: request headers, then response
 // headers. Messages for phases the filter config does not send (bodies,
 // trailers) get an empty answer of the matching kind.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
-	st := stream{ctx: srv.Context()}
-	defer s.finish(&st)
+	// One allocation for the stream's state and its common answers.
+	st := &stream{ctx: srv.Context()}
+	defer s.finish(st)
 	for {
 		req, err := srv.Recv()
 		if err != nil {
@@ -153,9 +155,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		switch r := req.Request.(type) {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
 			st.start = t0
-			resp = s.requestHeaders(&st, r.RequestHeaders)
+			resp = s.requestHeaders(st, r.RequestHeaders)
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
-			resp = s.responseHeaders(&st, r.ResponseHeaders)
+			resp = s.responseHeaders(st, r.ResponseHeaders)
 		case *extprocv3.ProcessingRequest_RequestBody:
 			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
 		case *extprocv3.ProcessingRequest_ResponseBody:
@@ -175,11 +177,11 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
 			s.met.Phase(metrics.RequestHeaders, d)
 			if st.outcome != "forwarded" {
-				s.finish(&st)
+				s.finish(st)
 			}
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
 			s.met.Phase(metrics.ResponseHeaders, d)
-			s.finish(&st)
+			s.finish(st)
 		}
 		if err := srv.Send(resp); err != nil {
 			return err
@@ -201,29 +203,25 @@ type incoming struct {
 
 // parseHeaders reads Envoy's header map. Control headers must appear once
 // and hold only visible characters; the names of every x-amp-* header and
-// x-api-key are collected for removal.
-func parseHeaders(hm *corev3.HeaderMap) (incoming, *Problem) {
-	var in incoming
+// x-api-key are appended to remove (a buffer of the caller's) for removal.
+// Values are views of the message's bytes (see view), so parsing copies
+// nothing.
+func parseHeaders(hm *corev3.HeaderMap, remove []string) (incoming, *Problem) {
+	in := incoming{remove: remove}
 	if hm == nil {
 		return in, badRequest("missing-header", "no request headers")
 	}
 	for _, h := range hm.GetHeaders() {
-		// Envoy sends values in raw_value; value is read only as a fallback
-		// for peers that use the older field.
-		v := string(h.RawValue)
-		if len(h.RawValue) == 0 {
-			v = h.Value
-		}
 		k := h.Key
 		var dst *string
 		switch k {
 		case ":path":
-			in.path = v
+			in.path = headerValue(h)
 			continue
 		case "x-request-id":
-			in.requestID = v
-			if len(v) > 128 || !httpguts.ValidHeaderFieldValue(v) {
-				in.requestID = ""
+			v := headerValue(h)
+			if len(v) <= 128 && httpguts.ValidHeaderFieldValue(v) {
+				in.requestID = v
 			}
 			continue
 		case "authorization":
@@ -249,6 +247,7 @@ func parseHeaders(hm *corev3.HeaderMap) (incoming, *Problem) {
 			}
 			continue
 		}
+		v := headerValue(h)
 		if *dst != "" {
 			return in, badRequest("duplicate-header", k+" is given more than once")
 		}
@@ -265,6 +264,15 @@ func parseHeaders(hm *corev3.HeaderMap) (incoming, *Problem) {
 		in.remove = append(in.remove, k)
 	}
 	return in, nil
+}
+
+// headerValue is a header's value: Envoy sends it in raw_value; value is
+// read only as a fallback for peers that use the older field.
+func headerValue(h *corev3.HeaderValue) string {
+	if len(h.RawValue) == 0 {
+		return h.Value
+	}
+	return view(h.RawValue)
 }
 
 // requestHeaders runs DESIGN §1's request phase: validate → authenticate →

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/ampproxy/ampproxy/internal/datapath"
 	"github.com/ampproxy/ampproxy/internal/loadgen"
 )
 
@@ -22,7 +23,10 @@ Usage:
   ampbench load  --target ADDR [flags]  play Envoy's side against an ext_proc server; --json for JSON
   ampbench suite --out FILE [flags]     micro-benchmarks, no-op vs ampproxy, latency and scale
                                         figures, written as markdown (make bench)
-  ampbench server --kind KIND ...       one server process of the suite (used by suite)
+  ampbench server --kind KIND ...       one server process of the suite (used by suite); with
+                                        --profile DIR it writes CPU, allocation and mutex profiles
+  ampbench fixture --dir DIR [-n N]     write the suite's ampproxy config and a store with N
+                                        installations, for profiling with server and load
 
 ADDR is host:port or unix:///path.sock. Run a command with -h for its flags.
 `
@@ -58,6 +62,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return suiteCmd(ctx, rest, stdout, stderr)
 	case "server":
 		return serverCmd(ctx, rest, stdin, stdout, stderr)
+	case "fixture":
+		return fixtureCmd(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -80,12 +86,6 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-// serverOptions are the gRPC server options of both servers, so that the
-// no-op floor and ampproxy run on the same transport settings. They must
-// match what cmd/ampproxy/serve.go passes to grpc.NewServer (today: none,
-// grpc-go's defaults).
-func serverOptions() []grpc.ServerOption { return nil }
-
 func noopCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("noop", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -97,7 +97,9 @@ func noopCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(serverOptions()...)
+	// The same gRPC server options as ampproxy's ext_proc listener, so
+	// that the floor is measured on the same transport settings.
+	g := grpc.NewServer(datapath.ServerOptions()...)
 	loadgen.NoopServer{}.Register(g)
 	fmt.Fprintf(stdout, "no-op ext_proc server on %s\n", loadgen.Addr(l))
 	errc := make(chan error, 1)

@@ -3,7 +3,9 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -138,4 +140,31 @@ projects:
 	rng := rand.New(rand.NewPCG(7, 7))
 	rng.Shuffle(len(f.keyInsts), func(i, j int) { f.keyInsts[i], f.keyInsts[j] = f.keyInsts[j], f.keyInsts[i] })
 	return f, nil
+}
+
+func fixtureCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fixture", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "directory to write the config and store into (created; must not hold a store yet)")
+	n := fs.Int("n", 10, "installations in the store")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("%w: fixture needs --dir", errUsage)
+	}
+	if _, err := os.Stat(filepath.Join(*dir, "data", "ampproxy.db")); err == nil {
+		return fmt.Errorf("%s already holds a store; give an empty directory", *dir)
+	}
+	if err := os.MkdirAll(*dir, 0o755); err != nil {
+		return err
+	}
+	f, err := writeFixture(*dir, *n)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "config %s with %d installations (project %s, integrations %s and %s, groups g000001…)\n", f.config, *n, benchProject, keyIntegr, oauthIntegr)
+	fmt.Fprintf(stdout, "serve it:  ampbench server --kind ampproxy --config %s --listen 127.0.0.1:50061 --profile prof\n", f.config)
+	fmt.Fprintf(stdout, "load it:   ampbench load --target 127.0.0.1:50061 --workers 64 --duration 20s\n")
+	return nil
 }

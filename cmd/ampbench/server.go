@@ -12,8 +12,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	rtmetrics "runtime/metrics"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ampproxy/ampproxy/config"
-	"github.com/ampproxy/ampproxy/extproc"
+	"github.com/ampproxy/ampproxy/internal/datapath"
 	"github.com/ampproxy/ampproxy/internal/loadgen"
 	"github.com/ampproxy/ampproxy/internal/metrics"
 	"github.com/ampproxy/ampproxy/tokens"
@@ -71,22 +73,30 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	kind := fs.String("kind", "noop", "noop or ampproxy")
 	cfgPath := fs.String("config", "", "ampproxy.yaml (kind ampproxy)")
 	logMode := fs.String("log", "off", "ampproxy's request log: off, or json (as serve logs by default, written to "+os.DevNull+")")
+	profile := fs.String("profile", "", "directory for pprof profiles of the server: cpu.prof over its life, allocs.prof and mutex.prof at exit")
 	var listens listFlag
 	fs.Var(&listens, "listen", "address to serve on; repeat for more")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *profile != "" {
+		stop, err := startProfiles(*profile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if len(listens) == 0 {
 		return fmt.Errorf("%w: server needs --listen", errUsage)
 	}
 
-	g := grpc.NewServer(serverOptions()...)
+	g := grpc.NewServer(datapath.ServerOptions()...)
 	var rd ready
 	switch *kind {
 	case "noop":
 		loadgen.NoopServer{}.Register(g)
 	case "ampproxy":
-		store, open, err := wireAmpproxy(g, *cfgPath, *logMode)
+		store, open, err := wireAmpproxy(ctx, g, *cfgPath, *logMode)
 		if err != nil {
 			return err
 		}
@@ -156,9 +166,10 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 
 // wireAmpproxy builds ampproxy's ext_proc server into g as
 // cmd/ampproxy/serve.go does: config, encryption key, store, metrics,
-// extproc.New, Register. The admin API, config reload and key-file polling
+// datapath.New (refresher, lockout table, ext_proc server), Register.
+// The admin API, config reload and key-file polling
 // are left out: none of them is on the request path.
-func wireAmpproxy(g *grpc.Server, cfgPath, logMode string) (*tokens.Store, time.Duration, error) {
+func wireAmpproxy(ctx context.Context, g *grpc.Server, cfgPath, logMode string) (*tokens.Store, time.Duration, error) {
 	if cfgPath == "" {
 		return nil, 0, fmt.Errorf("%w: --kind ampproxy needs --config", errUsage)
 	}
@@ -193,7 +204,17 @@ func wireAmpproxy(g *grpc.Server, cfgPath, logMode string) (*tokens.Store, time.
 	// in serve; the store gauges are read only on a scrape and are left
 	// out.
 	met := metrics.New("bench")
-	extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met}).Register(g)
+	dp, err := datapath.New(datapath.Options{Config: func() *config.Config { return cfg }, Store: store, Logger: log, Metrics: met})
+	if err != nil {
+		store.Close()
+		return nil, 0, err
+	}
+	dp.ExtProc.Register(g)
+	// The refresher's background loop and the lockout writer run as in
+	// serve; neither has work while the bench's token stays valid and no
+	// 429 arrives, but their timers are part of the process.
+	go dp.Refresher.Run(ctx)
+	go dp.Lockouts.Run(ctx)
 	return store, open, nil
 }
 
@@ -302,4 +323,31 @@ func (c *child) stop() {
 		c.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// startProfiles starts a CPU profile and mutex sampling; the returned
+// function stops them and writes the allocation and mutex profiles.
+func startProfiles(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(filepath.Join(dir, "cpu.prof"))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	runtime.SetMutexProfileFraction(5)
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		for _, name := range []string{"allocs", "mutex"} {
+			if out, err := os.Create(filepath.Join(dir, name+".prof")); err == nil {
+				pprof.Lookup(name).WriteTo(out, 0)
+				out.Close()
+			}
+		}
+	}, nil
 }

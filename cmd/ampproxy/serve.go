@@ -20,11 +20,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ampproxy/ampproxy/admin"
-	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/extproc"
+	"github.com/ampproxy/ampproxy/internal/datapath"
 	"github.com/ampproxy/ampproxy/internal/metrics"
-	"github.com/ampproxy/ampproxy/throttle"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -69,36 +68,13 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 
 	var current atomic.Pointer[config.Config]
 	current.Store(cfg)
-	refresher := tokens.NewRefresher(tokens.RefresherOptions{
-		Store:     store,
-		Providers: func() *catalog.Catalog { return current.Load().Providers },
-		Apps: func(projectID, provider string) (string, string, bool, error) {
-			p, ok := current.Load().Project(projectID)
-			if !ok {
-				return "", "", false, nil
-			}
-			app, ok := p.App(provider)
-			if !ok {
-				return "", "", false, nil
-			}
-			secret, err := app.ClientSecret()
-			return app.ClientID, secret, true, err
-		},
-		Logger:    log,
-		OnRefresh: met.Refresh,
-	})
-	refreshDone := make(chan struct{})
-	go func() { defer close(refreshDone); refresher.Run(ctx) }()
-	locks, err := throttle.New(throttle.Options{
-		DefaultWindow: time.Duration(cfg.Throttle.DefaultWindow),
-		MaxWindow:     time.Duration(cfg.Throttle.MaxWindow),
-		Persist:       throttle.StorePersister(store),
-		Logger:        log,
-		OnOpen:        met.LockoutOpened,
-	})
+	dp, err := datapath.New(datapath.Options{Config: current.Load, Store: store, Logger: log, Metrics: met})
 	if err != nil {
 		return err
 	}
+	refresher, locks, ep := dp.Refresher, dp.Lockouts, dp.ExtProc
+	refreshDone := make(chan struct{})
+	go func() { defer close(refreshDone); refresher.Run(ctx) }()
 	met.GaugeFunc("ampproxy_lockout_windows_open", "Open lockout windows.", func() float64 { return float64(locks.Open()) })
 	// The lockout writer outlives the drain: a 429 answered while streams
 	// finish is still committed before its answer leaves.
@@ -106,8 +82,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	defer lockCancel()
 	lockDone := make(chan struct{})
 	go func() { defer close(lockDone); locks.Run(lockCtx) }()
-	ep := extproc.New(extproc.Options{Store: store, Config: cfg, Logger: log, Metrics: met, Tokens: refresher, Lockouts: locks})
-	g := grpc.NewServer()
+	g := grpc.NewServer(datapath.ServerOptions()...)
 	ep.Register(g)
 	glis, err := listen(cfg.GRPC.Listen)
 	if err != nil {

@@ -1,0 +1,88 @@
+// Package datapath assembles ampproxy's request path from its parts: the
+// OAuth2 refresher, the lockout table and the ext_proc server over one
+// store, with the gRPC server options they are served with. `ampproxy
+// serve` runs it, and so does the benchmark suite (cmd/ampbench), so that
+// what is measured is what is deployed.
+//
+// It does not own the store, the config files, the admin API or the
+// listeners: the caller opens, watches and serves those.
+package datapath
+
+import (
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ampproxy/ampproxy/catalog"
+	"github.com/ampproxy/ampproxy/config"
+	"github.com/ampproxy/ampproxy/extproc"
+	"github.com/ampproxy/ampproxy/internal/metrics"
+	"github.com/ampproxy/ampproxy/throttle"
+	"github.com/ampproxy/ampproxy/tokens"
+)
+
+// Options configure New. Config and Store are required.
+type Options struct {
+	// Config returns the config in force; a reload swaps what it returns
+	// and calls Path.SetConfig.
+	Config func() *config.Config
+	Store  *tokens.Store
+	// Logger defaults to slog.Default(); Metrics nil records nothing.
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
+}
+
+// Path is the assembled request path. The caller runs the refresher's
+// background loop and the lockout writer (Refresher.Run, Lockouts.Run) for
+// as long as it serves, and registers ExtProc on its gRPC server.
+type Path struct {
+	ExtProc   *extproc.Server
+	Refresher *tokens.Refresher
+	Lockouts  *throttle.Table
+}
+
+// New builds the request path as serve runs it.
+func New(o Options) (*Path, error) {
+	cfg := o.Config()
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	refresher := tokens.NewRefresher(tokens.RefresherOptions{
+		Store:     o.Store,
+		Providers: func() *catalog.Catalog { return o.Config().Providers },
+		Apps: func(projectID, provider string) (string, string, bool, error) {
+			p, ok := o.Config().Project(projectID)
+			if !ok {
+				return "", "", false, nil
+			}
+			app, ok := p.App(provider)
+			if !ok {
+				return "", "", false, nil
+			}
+			secret, err := app.ClientSecret()
+			return app.ClientID, secret, true, err
+		},
+		Logger:    log,
+		OnRefresh: o.Metrics.Refresh,
+	})
+	locks, err := throttle.New(throttle.Options{
+		DefaultWindow: time.Duration(cfg.Throttle.DefaultWindow),
+		MaxWindow:     time.Duration(cfg.Throttle.MaxWindow),
+		Persist:       throttle.StorePersister(o.Store),
+		Logger:        log,
+		OnOpen:        o.Metrics.LockoutOpened,
+	})
+	if err != nil {
+		refresher.Close()
+		return nil, err
+	}
+	ep := extproc.New(extproc.Options{Store: o.Store, Config: cfg, Logger: log, Metrics: o.Metrics, Tokens: refresher, Lockouts: locks})
+	return &Path{ExtProc: ep, Refresher: refresher, Lockouts: locks}, nil
+}
+
+// ServerOptions are the gRPC server options of the ext_proc listener.
+func ServerOptions() []grpc.ServerOption {
+	return nil
+}

@@ -132,6 +132,21 @@ func TestOAuthRefresh(t *testing.T) {
 		if auth.ValidRefresh(old.Refresh) {
 			t.Error("the server did not rotate the refresh token")
 		}
+		// The refresh is counted and timed per provider, with no
+		// connection or group in its labels.
+		m := e.scrape()
+		for _, want := range []string{
+			`ampproxy_token_refreshes_total{provider="sampleRefresh",result="ok"} 1`,
+			`ampproxy_token_refresh_duration_seconds_count{provider="sampleRefresh"} 1`,
+			`ampproxy_requests_total{integration="refresh",outcome="forwarded",project="e2e-project",provider="sampleRefresh"} 1`,
+		} {
+			if !strings.Contains(m, want) {
+				t.Errorf("/metrics lacks %s:\n%s", want, grepLines(m, "refresh"))
+			}
+		}
+		if strings.Contains(m, `group`) || strings.Contains(m, `"g1"`) {
+			t.Errorf("/metrics has a group in its labels:\n%s", grepLines(m, "g1"))
+		}
 
 		// The refreshed token lives 3 s. Restart, let it expire, and
 		// call again: the second refresh needs the rotated refresh token,

@@ -3,8 +3,6 @@ package admin
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -245,23 +243,10 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request, rq *request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// dummyKeyHash is compared against when the project is unknown, so that an
-// unknown project costs what a wrong key costs.
-var dummyKeyHash = sha256.Sum256([]byte("ampproxy: no such project"))
-
 // authenticate checks the API key; an unknown project and a wrong key are
 // indistinguishable to the caller.
 func (s *server) authenticate(cfg *config.Config, projectID, key string) (*config.Project, bool) {
-	p, ok := cfg.Project(projectID)
-	if !ok || p.Keys == nil {
-		h := sha256.Sum256([]byte(key))
-		subtle.ConstantTimeCompare(h[:], dummyKeyHash[:])
-		return nil, false
-	}
-	if !p.Keys.Check(key) {
-		return nil, false
-	}
-	return p, true
+	return cfg.Authenticate(projectID, key)
 }
 
 // unrouted turns ServeMux's plain-text 404 and 405 into problems, keeping

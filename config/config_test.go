@@ -87,6 +87,23 @@ func TestLoadGood(t *testing.T) {
 			t.Errorf("Check(%q) = %v, want %v", key, got, want)
 		}
 	}
+	for _, tc := range []struct {
+		project, key string
+		want         bool
+	}{
+		{"p1", "hashed-key", true},
+		{"p1", "file-key", true},
+		{"p1", "other", false},
+		{"p1", "", false},
+		{"no-such-project", "hashed-key", false},
+		{"no-such-project", "", false},
+		{"", "file-key", false},
+	} {
+		got, ok := c.Authenticate(tc.project, tc.key)
+		if ok != tc.want || (ok && got != p) || (!ok && got != nil) {
+			t.Errorf("Authenticate(%q, %q) = %v, %v; want %v", tc.project, tc.key, got, ok, tc.want)
+		}
+	}
 	in, ok := p.Integrations.Integration("sf-sync")
 	if !ok || !in.Proxy.Enabled || in.Provider != "salesforce" {
 		t.Errorf("integration = %+v", in)

@@ -15,7 +15,9 @@
 // # Caveats
 //
 // A Config is immutable once loaded; reloading builds a new one and swaps
-// it. KeyRing.Watch polls file metadata (mtime, size, inode) rather than
-// relying on inotify, which does not see Kubernetes' symlink swaps
-// reliably.
+// it. KeyRing.Refresh compares file metadata (mtime, size, inode), and the
+// server calls it on a timer rather than relying on inotify, which does
+// not see Kubernetes' symlink swaps reliably. A key file that disappears or
+// cannot be read keeps its last key: rotate a key by changing the file,
+// and revoke one by rotating it or by removing its entry from the config.
 package config

@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
@@ -95,24 +94,6 @@ func (k *KeyRing) Refresh() bool {
 	return changed
 }
 
-// Watch calls Refresh every interval until ctx ends. Polling rather than
-// inotify: Kubernetes swaps a Secret through a symlink rename that
-// file-watchers on the target miss.
-func (k *KeyRing) Watch(ctx context.Context, interval time.Duration) {
-	if len(k.files) == 0 {
-		return
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			k.Refresh()
-		}
-	}
-}
 
 // readKeyFile returns the key a file holds, without surrounding whitespace.
 // Errors never contain the key.
@@ -129,3 +110,28 @@ func readKeyFile(path string) ([]byte, error) {
 }
 
 var errEmptyKey = errors.New("key file is empty")
+
+// unknownProject is hashed and compared against when a caller names a
+// project that does not exist, so that it costs what a wrong key costs.
+var unknownProject = &KeyRing{}
+
+func init() {
+	all := [][32]byte{sha256.Sum256([]byte("ampproxy: no such project"))}
+	unknownProject.hashes.Store(&all)
+}
+
+// Authenticate returns the project if key is one of its API keys. An
+// unknown project and a wrong key give the same answer in about the same
+// time: the key is hashed and compared either way, so a caller cannot
+// probe for project IDs.
+func (c *Config) Authenticate(projectID, key string) (*Project, bool) {
+	p, ok := c.Project(projectID)
+	keys := unknownProject
+	if ok && p.Keys != nil {
+		keys = p.Keys
+	}
+	if !keys.Check(key) || !ok || p.Keys == nil {
+		return nil, false
+	}
+	return p, true
+}

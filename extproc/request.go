@@ -39,11 +39,10 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 	st.throttle = in.mode == "throttle"
 
 	cfg := s.cfg.Load()
-	proj, ok := cfg.Project(in.project)
-	// The key is checked even for an unknown project (against nothing), and
-	// both failures give the same answer, so that a caller cannot probe for
-	// project IDs.
-	if !ok || !proj.Keys.Check(in.apiKey) {
+	// An unknown project and a wrong key give the same answer in about the
+	// same time, so that a caller cannot probe for project IDs.
+	proj, ok := cfg.Authenticate(in.project, in.apiKey)
+	if !ok {
 		return nil, unauthorized()
 	}
 	st.project = proj.ID

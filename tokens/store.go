@@ -135,6 +135,11 @@ func Open(path string, key []byte, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	// Everything is in memory now; the file's pages need not stay
+	// resident. Nothing else holds the database yet.
+	if fi, err := os.Stat(path); err == nil {
+		dropResident(db, fi.Size())
+	}
 	return s, nil
 }
 

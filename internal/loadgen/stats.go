@@ -26,6 +26,9 @@ type ServerCounters struct {
 	// Linux.
 	RSS uint64 `json:"rssBytes"`
 	HWM uint64 `json:"hwmBytes"`
+	// RSSFile is the file-backed part of RSS (RssFile): mapped files such
+	// as the bbolt store, which the kernel can drop at any time.
+	RSSFile uint64 `json:"rssFileBytes"`
 }
 
 // ServerStats reads a server's counters. The generator calls it just
@@ -41,9 +44,10 @@ type ServerCost struct {
 	AllocBytesPerRequest float64       `json:"allocBytesPerRequest"`
 	CPUPerRequest        time.Duration `json:"cpuPerRequestNs"`
 	// RSS is the server's resident memory at the end of the phase, under
-	// load; HWM its peak so far.
-	RSS uint64 `json:"rssBytes"`
-	HWM uint64 `json:"hwmBytes"`
+	// load (RSSFile of it file-backed); HWM its peak so far.
+	RSS     uint64 `json:"rssBytes"`
+	HWM     uint64 `json:"hwmBytes"`
+	RSSFile uint64 `json:"rssFileBytes"`
 }
 
 func perRequest(before, after ServerCounters, streams uint64) *ServerCost {
@@ -54,6 +58,7 @@ func perRequest(before, after ServerCounters, streams uint64) *ServerCost {
 		CPUPerRequest:        time.Duration(float64(after.CPU-before.CPU) / n),
 		RSS:                  after.RSS,
 		HWM:                  after.HWM,
+		RSSFile:              after.RSSFile,
 	}
 }
 
@@ -67,15 +72,15 @@ func ProcessCounters() (ServerCounters, error) {
 	}
 	metrics.Read(s)
 	c := ServerCounters{Allocs: s[0].Value.Uint64(), AllocBytes: s[1].Value.Uint64(), CPU: processCPU()}
-	c.RSS, c.HWM = residentMemory()
+	c.RSS, c.HWM, c.RSSFile = residentMemory()
 	return c, nil
 }
 
-// residentMemory reads VmRSS and VmHWM from /proc/self/status.
-func residentMemory() (rss, hwm uint64) {
+// residentMemory reads VmRSS, VmHWM and RssFile from /proc/self/status.
+func residentMemory() (rss, hwm, file uint64) {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -84,7 +89,7 @@ func residentMemory() (rss, hwm uint64) {
 		for _, field := range []struct {
 			prefix string
 			dst    *uint64
-		}{{"VmRSS:", &rss}, {"VmHWM:", &hwm}} {
+		}{{"VmRSS:", &rss}, {"VmHWM:", &hwm}, {"RssFile:", &file}} {
 			if v, ok := bytes.CutPrefix(line, []byte(field.prefix)); ok {
 				v = bytes.TrimSpace(bytes.TrimSuffix(bytes.TrimSpace(v), []byte("kB")))
 				if kb, err := strconv.ParseUint(string(v), 10, 64); err == nil {
@@ -93,5 +98,5 @@ func residentMemory() (rss, hwm uint64) {
 			}
 		}
 	}
-	return rss, hwm
+	return rss, hwm, file
 }

@@ -99,7 +99,7 @@ func noopCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	// The same gRPC server options as ampproxy's ext_proc listener, so
 	// that the floor is measured on the same transport settings.
-	g := grpc.NewServer(datapath.ServerOptions()...)
+	g := grpc.NewServer(datapath.ServerOptions(nil)...)
 	loadgen.NoopServer{}.Register(g)
 	fmt.Fprintf(stdout, "no-op ext_proc server on %s\n", loadgen.Addr(l))
 	errc := make(chan error, 1)

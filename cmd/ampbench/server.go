@@ -90,7 +90,7 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		return fmt.Errorf("%w: server needs --listen", errUsage)
 	}
 
-	g := grpc.NewServer(datapath.ServerOptions()...)
+	g := grpc.NewServer(datapath.ServerOptions(nil)...)
 	var rd ready
 	switch *kind {
 	case "noop":

@@ -82,7 +82,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	defer lockCancel()
 	lockDone := make(chan struct{})
 	go func() { defer close(lockDone); locks.Run(lockCtx) }()
-	g := grpc.NewServer(datapath.ServerOptions()...)
+	g := grpc.NewServer(datapath.ServerOptions(log)...)
 	ep.Register(g)
 	glis, err := listen(cfg.GRPC.Listen)
 	if err != nil {

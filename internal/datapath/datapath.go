@@ -9,10 +9,14 @@
 package datapath
 
 import (
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/config"
@@ -82,7 +86,30 @@ func New(o Options) (*Path, error) {
 	return &Path{ExtProc: ep, Refresher: refresher, Lockouts: locks}, nil
 }
 
-// ServerOptions are the gRPC server options of the ext_proc listener.
-func ServerOptions() []grpc.ServerOption {
-	return nil
+// ServerOptions are the gRPC server options of the ext_proc listener: a
+// handler that panics ends its own stream with codes.Internal (Envoy then
+// fails the request closed, 500) instead of taking down every other
+// stream of the process. log receives one line per panic; nil means
+// slog.Default().
+func ServerOptions(log *slog.Logger) []grpc.ServerOption {
+	if log == nil {
+		log = slog.Default()
+	}
+	return []grpc.ServerOption{grpc.ChainStreamInterceptor(recoverStream(log))}
+}
+
+// recoverStream is the interceptor of ServerOptions. The log line carries
+// the panic value's type and the stack, never the value itself: a value
+// could hold a header or a credential, and a stack trace prints only
+// function names and machine words.
+func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() {
+			if v := recover(); v != nil {
+				log.Error("ext_proc stream panicked", "method", info.FullMethod, "panic", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(srv, ss)
+	}
 }

@@ -1,0 +1,55 @@
+package tokens
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCredentialNeverPrints: a credential, or a connection holding one,
+// shows no secret however it is printed, logged, marshalled or panicked
+// with.
+func TestCredentialNeverPrints(t *testing.T) {
+	secrets := []string{"sk-api-key-1", "user-1", "pw-1", "at-1", "rt-1", "cid-1", "cs-1"}
+	cred := Credential{APIKey: secrets[0], Username: secrets[1], Password: secrets[2], AccessToken: secrets[3],
+		RefreshToken: secrets[4], ClientID: secrets[5], ClientSecret: secrets[6], Expiry: time.Unix(1e9, 0)}
+	conn := &Connection{ID: "c1", Provider: "hubspot", Credential: cred}
+
+	var out []string
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q"} {
+		out = append(out, fmt.Sprintf(verb, cred), fmt.Sprintf(verb, conn), fmt.Sprintf(verb, *conn))
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	log.Info("x", "credential", cred, "connection", conn, "value", *conn)
+	text := slog.New(slog.NewTextHandler(&logs, nil))
+	text.Info("x", "credential", cred, "connection", conn)
+	out = append(out, logs.String())
+	for _, v := range []any{cred, conn} {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	out = append(out, func() (msg string) {
+		defer func() { msg = fmt.Sprint(recover()) }()
+		panic(conn)
+	}())
+	out = append(out, fmt.Errorf("refresh %v: %w", conn, fmt.Errorf("%+v", cred)).Error())
+
+	for _, o := range out {
+		for _, s := range secrets {
+			if strings.Contains(o, s) {
+				t.Errorf("%q shows secret %q", o, s)
+			}
+		}
+	}
+	if !strings.Contains(fmt.Sprintf("%+v", conn), "hubspot") {
+		t.Error("the connection's non-secret fields should still print")
+	}
+}

@@ -84,10 +84,12 @@
 // Basic pair, or the OAuth2 access token as "Authorization: Bearer". Other
 // headers a provider requires without being secret (Copper's
 // X-PW-UserEmail, Procore-Company-Id, Algolia's application ID, Twitch's
-// Client-Id, a User-Agent) are the caller's to send. Shopify documents
-// only X-Shopify-Access-Token for its Admin API, which ampproxy does not
-// set; until the catalog can name a token header, expect proxied Shopify
-// calls to be refused.
+// Client-Id, a User-Agent) are the caller's to send. shopify is proxyable
+// (proxy: true) and ampproxy forwards its calls with the access token as
+// "Authorization: Bearer", but Shopify documents only
+// X-Shopify-Access-Token for its Admin API, which ampproxy does not set;
+// until the catalog can name a token header, expect Shopify, not
+// ampproxy, to refuse those calls.
 //
 // Metadata names are kept as the providers' established catalogs spell
 // them (workspace, subdomain, APP_ID, zoho_api_domain) rather than forced

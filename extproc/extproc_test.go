@@ -185,14 +185,15 @@ func TestErrors(t *testing.T) {
 		return out
 	}
 	long := strings.Repeat("a", 513)
-	cases := []struct {
+	type errCase struct {
 		name   string
 		path   string
 		hdrs   []string
 		status int
 		slug   string
 		detail string // a word the detail must hold
-	}{
+	}
+	cases := []errCase{
 		{"missing version", "/x", base("x-amp-proxy-version"), 400, "missing-header", "x-amp-proxy-version"},
 		{"wrong version", "/x", append(base("x-amp-proxy-version"), "x-amp-proxy-version", "2"), 400, "unsupported-version", "x-amp-proxy-version"},
 		{"missing project", "/x", base("x-amp-project-id"), 400, "missing-header", "x-amp-project-id"},
@@ -217,6 +218,11 @@ func TestErrors(t *testing.T) {
 		{"unknown installation id", "/x", append(base(), "x-amp-installation-id", "i-nope"), 404, "installation-not-found", "installation"},
 		{"bad credentials", "/x", append(base("x-amp-group-ref"), "x-amp-group-ref", "g-bad"), 424, "bad-credentials", "credentials"},
 		{"expired token", "/x", append(base("x-amp-group-ref", "x-amp-integration-name"), "x-amp-integration-name", "oauth-int", "x-amp-group-ref", "g-expired"), 424, "token-expired", "expired"},
+	}
+	// A stored workspace the templated host cannot take is the
+	// connection's fault, never a request to another host (DESIGN §4).
+	for i, ws := range hostileWorkspaces {
+		cases = append(cases, errCase{fmt.Sprintf("workspace %q", ws), "/services/data", proxyHeaders("oauth-int", fmt.Sprintf("g-ws-%d", i)), 424, "invalid-connection-metadata", "workspace"})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -41,6 +42,8 @@ const overrides = `providers:
     baseURL: https://api.key.test
     authType: apiKey
     apiKey: {header: {name: X-Api-Key, prefix: "Token "}}
+    rateLimit:
+      resetHeaders: [{name: X-RateLimit-Reset, format: epochSeconds}]
     proxy: true
   - name: testQuery
     baseURL: https://api.query.test/v2
@@ -161,6 +164,12 @@ func (f *fakeStore) add(c *tokens.Connection, integration, instID string) {
 
 var now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
+// hostileWorkspaces are stored workspace values that testOAuth's templated
+// host ({{.workspace}}.oauth.test) must not take (DESIGN §4). The admin API
+// refuses them at creation; a store written by hand or by an older version
+// may still hold them. newFixture installs the i-th for group "g-ws-i".
+var hostileWorkspaces = []string{"evil.com#", "a.b@c", "127.0.0.1", "x/y", "acme:444", ""}
+
 // newFixture returns a store with one installation per test integration,
 // all for group "g1" of project "proj".
 func newFixture() *fakeStore {
@@ -187,6 +196,12 @@ func newFixture() *fakeStore {
 	bad := conn("c-bad", "testKey", tokens.Credential{APIKey: providerKey}, nil)
 	bad.GroupRef, bad.Status = "g-bad", tokens.StatusBadCredentials
 	f.add(bad, "key-int", "i-bad")
+	for i, ws := range hostileWorkspaces {
+		c := conn(fmt.Sprintf("c-ws-%d", i), "testOAuth", tokens.Credential{AccessToken: accessToken, Expiry: now.Add(time.Hour)},
+			map[string]string{"workspace": ws})
+		c.GroupRef = fmt.Sprintf("g-ws-%d", i)
+		f.add(c, "oauth-int", fmt.Sprintf("i-ws-%d", i))
+	}
 	f.add(&tokens.Connection{ID: "c-other", ProjectID: "other", Provider: "testKey", GroupRef: "g1", Status: tokens.StatusWorking,
 		Credential: tokens.Credential{APIKey: providerKey}}, "key-int", "i-other")
 	return f
@@ -279,6 +294,15 @@ func proxyHeaders(integration, group string, extra ...string) []string {
 // answers (the second is nil after an immediate response).
 func (h *harness) exchange(req *corev3.HeaderMap, status string) (*extprocv3.ProcessingResponse, *extprocv3.ProcessingResponse) {
 	h.t.Helper()
+	return h.exchangeResp(req, &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":status", RawValue: []byte(status)},
+		{Key: "content-type", RawValue: []byte("application/json")},
+	}})
+}
+
+// exchangeResp is exchange with the provider's whole response header map.
+func (h *harness) exchangeResp(req, resp *corev3.HeaderMap) (*extprocv3.ProcessingResponse, *extprocv3.ProcessingResponse) {
+	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := h.cli.Process(ctx)
@@ -298,10 +322,7 @@ func (h *harness) exchange(req *corev3.HeaderMap, status string) (*extprocv3.Pro
 		return first, nil
 	}
 	if err := st.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-			{Key: ":status", RawValue: []byte(status)},
-			{Key: "content-type", RawValue: []byte("application/json")},
-		}}}}}); err != nil {
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: resp}}}); err != nil {
 		h.t.Fatal(err)
 	}
 	second, err := st.Recv()

@@ -2,7 +2,6 @@ package extproc
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -60,13 +59,20 @@ func TestTokenSourceErrors(t *testing.T) {
 			if second != nil {
 				t.Fatal("forwarded")
 			}
+			// problemOf checks all five members and that status equals
+			// the HTTP status.
+			p := problemOf(t, first)
 			ir := first.GetImmediateResponse()
-			var p Problem
-			if err := json.Unmarshal(ir.Body, &p); err != nil {
-				t.Fatal(err)
-			}
-			if int(ir.Status.Code) != tc.status || p.Status != tc.status || p.Type != ProblemTypePrefix+tc.slug {
+			if p.Status != tc.status || p.Type != ProblemTypePrefix+tc.slug {
 				t.Fatalf("got %d %s", ir.Status.Code, ir.Body)
+			}
+			if p.RequestID != requestID {
+				t.Errorf("requestId = %q, want %q", p.RequestID, requestID)
+			}
+			for _, s := range secrets {
+				if strings.Contains(string(ir.Body), s) {
+					t.Errorf("problem body echoes secret %q: %s", s, ir.Body)
+				}
 			}
 			got := ""
 			for _, hv := range ir.Headers.SetHeaders {

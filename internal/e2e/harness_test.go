@@ -495,6 +495,12 @@ func checkProblem(t *testing.T, resp *http.Response, body []byte, status int, sl
 	if *p.Status != status || *p.Type != "urn:ampproxy:problem:"+slug || *p.Title != http.StatusText(status) || *p.Detail == "" {
 		t.Errorf("problem %s, want status %d type %s", body, status, slug)
 	}
+	// Envoy, and envoytest like it, gives every request an x-request-id
+	// when the caller sends none; DESIGN §2 puts it in requestId. The type
+	// of RequestID already refuses a non-string.
+	if *p.RequestID == "" {
+		t.Errorf("problem requestId is empty: %s", body)
+	}
 	for _, s := range secrets {
 		if bytes.Contains(body, []byte(s)) {
 			t.Errorf("problem body holds a secret: %s", body)

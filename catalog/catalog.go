@@ -147,6 +147,7 @@ func (p *Provider) compile() []error {
 	}
 	declared := map[string]bool{}
 	defaults := map[string]string{}
+	var allowed map[string][]string
 	for i, m := range p.Metadata {
 		if !isIdent(m.Name) {
 			bad(fmt.Sprintf("metadata[%d].name", i), "%q is not a valid name", m.Name)
@@ -158,8 +159,23 @@ func (p *Provider) compile() []error {
 		if m.Default != "" {
 			defaults[m.Name] = m.Default
 		}
+		for j, a := range m.Allowed {
+			if a == "" || strings.ContainsAny(a, "/:@?#%\\ \t\r\n") {
+				bad(fmt.Sprintf("metadata[%d].allowed[%d]", i, j), "%q is not a value a URL can hold", a)
+			}
+		}
+		if len(m.Allowed) > 0 {
+			if allowed == nil {
+				allowed = map[string][]string{}
+			}
+			allowed[m.Name] = m.Allowed
+			if m.Default != "" && !slices.Contains(m.Allowed, m.Default) {
+				bad(fmt.Sprintf("metadata[%d].default", i), "%q is not one of the allowed values", m.Default)
+			}
+		}
 	}
 	p.defaults = defaults
+	p.allowed = allowed
 	compile := func(field, raw string) *urlTemplate {
 		t, err := compileURL(raw)
 		if err != nil {
@@ -216,6 +232,17 @@ func (p *Provider) compile() []error {
 			}
 			if f.Extract != "" && f.Extract != "subdomain" {
 				bad(fmt.Sprintf("oauth2.tokenMetadataFields[%d].extract", i), "%q: want empty or subdomain", f.Extract)
+			}
+		}
+		p.tokenHeader, p.tokenPrefix = "authorization", "Bearer "
+		if h := o.Header; h != nil {
+			switch {
+			case !validHeaderName(h.Name):
+				bad("oauth2.header.name", "%q is not a valid header name", h.Name)
+			case strings.ContainsAny(h.Prefix, "\r\n\x00"):
+				bad("oauth2.header.prefix", "holds a control character")
+			default:
+				p.tokenHeader, p.tokenPrefix = strings.ToLower(h.Name), h.Prefix
 			}
 		}
 		if p.APIKey != nil {

@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"errors"
 	"net"
 	"net/url"
 	"os"
@@ -78,6 +79,9 @@ func TestParseErrors(t *testing.T) {
 		{"userinfo", `providers: [{name: a, baseURL: "https://u@a.com", authType: none}]`, []string{"baseURL"}},
 		{"bad auth type", `providers: [{name: a, baseURL: "https://a.com", authType: magic}]`, []string{`authType: "magic"`}},
 		{"bad reset format", `providers: [{name: a, baseURL: "https://a.com", authType: none, rateLimit: {resetHeaders: [{name: x-r, format: hours}]}}]`, []string{"resetHeaders[0].format"}},
+		{"allowed value holding a URL character", `providers: [{name: a, baseURL: "https://a.{{.tld}}", authType: none, metadata: [{name: tld, allowed: [com, "evil.com/x"]}]}]`, []string{"metadata[0].allowed[1]"}},
+		{"default outside allowed", `providers: [{name: a, baseURL: "https://a.{{.tld}}", authType: none, metadata: [{name: tld, default: org, allowed: [com]}]}]`, []string{"metadata[0].default", "not one of the allowed"}},
+		{"oauth2 token header", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "https://a.com/t", header: {name: "X Token"}}}]`, []string{"oauth2.header.name"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -255,6 +259,60 @@ func TestLoadOverride(t *testing.T) {
 	}
 	if _, err := Load(f); err == nil || !strings.Contains(err.Error(), f) {
 		t.Errorf("bad override: err = %v, want one naming %s", err, f)
+	}
+}
+
+// TestAllowedValues: a metadata value pinned by allowed is refused
+// outside the list, wherever the template uses it, including the token
+// URL that receives the app's client secret.
+func TestAllowedValues(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := c.Provider("exactOnline")
+	if !ok {
+		t.Fatal("no exactOnline")
+	}
+	for _, v := range []string{"nl", "co.uk", "com"} {
+		if err := p.ValidateMetadata(map[string]string{"extension": v}); err != nil {
+			t.Errorf("extension %q refused: %v", v, err)
+		}
+	}
+	up, err := p.Resolve(map[string]string{"extension": "co.uk"}, "/api/v1/current/Me")
+	if err != nil || up.Authority != "start.exactonline.co.uk" {
+		t.Errorf("Resolve = %+v, %v", up, err)
+	}
+	for _, v := range []string{"attacker.com", "nl.attacker.com", "NL", "uk"} {
+		meta := map[string]string{"extension": v}
+		if err := p.ValidateMetadata(meta); !errors.Is(err, ErrInvalidValue) {
+			t.Errorf("extension %q: ValidateMetadata = %v, want ErrInvalidValue", v, err)
+		}
+		if u, err := p.TokenURL(meta); err == nil {
+			t.Errorf("extension %q: token URL %s", v, u)
+		}
+		if up, err := p.Resolve(meta, "/"); err == nil {
+			t.Errorf("extension %q: resolved to %+v", v, up)
+		}
+	}
+}
+
+// TestOAuth2Header: the access token goes in Authorization as a bearer
+// token unless the catalog names another header.
+func TestOAuth2Header(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][2]string{
+		"shopify":    {"x-shopify-access-token", ""},
+		"salesforce": {"authorization", "Bearer "},
+		"hubspot":    {"authorization", "Bearer "},
+	} {
+		p, _ := c.Provider(name)
+		if h, pre := p.OAuth2Header(); h != want[0] || pre != want[1] {
+			t.Errorf("%s: OAuth2Header = %q, %q; want %q, %q", name, h, pre, want[0], want[1])
+		}
 	}
 }
 

@@ -40,7 +40,8 @@
 // An apiKey provider names exactly one place for the key: a header with an
 // optional prefix ({header: {name: Authorization, prefix: "Bearer "}}) or a
 // query parameter ({query: api_key}). A metadata entry may carry a default,
-// used when a connection gives no value. Reset headers are epochSeconds,
+// used when a connection gives no value, and a list of allowed values,
+// outside which a connection is refused. Reset headers are epochSeconds,
 // epochMillis or deltaSeconds; Retry-After is read for every provider and
 // is not listed.
 // Only providers with proxy: true can be proxied.
@@ -71,7 +72,10 @@
 // requests go and, for a token URL, where the provider app's client secret
 // is sent. The checks above keep that a DNS name reached over https, but
 // cannot tell a vendor's host from an internal one; an operator who knows
-// the hosts in use can pin them in an override.
+// the hosts in use can pin them in an override with allowed. A value that
+// ends a host after a literal prefix decides the domain just as much, so
+// exactOnline's extension is pinned to Exact's domains (nl, be, de, fr,
+// es, co.uk, com).
 //
 // authStyle, where the client ID and secret go on a token request, is set
 // per provider from its documentation and never auto-detected: detection
@@ -84,12 +88,10 @@
 // Basic pair, or the OAuth2 access token as "Authorization: Bearer". Other
 // headers a provider requires without being secret (Copper's
 // X-PW-UserEmail, Procore-Company-Id, Algolia's application ID, Twitch's
-// Client-Id, a User-Agent) are the caller's to send. shopify is proxyable
-// (proxy: true) and ampproxy forwards its calls with the access token as
-// "Authorization: Bearer", but Shopify documents only
-// X-Shopify-Access-Token for its Admin API, which ampproxy does not set;
-// until the catalog can name a token header, expect Shopify, not
-// ampproxy, to refuse those calls.
+// Client-Id, a User-Agent) are the caller's to send. An OAuth2 provider
+// that reads its token from another header names it under oauth2.header
+// (shopify: X-Shopify-Access-Token, no prefix); the caller's own
+// Authorization is then removed all the same.
 //
 // Metadata names are kept as the providers' established catalogs spell
 // them (workspace, subdomain, APP_ID, zoho_api_domain) rather than forced

@@ -27,7 +27,7 @@ func (p *Provider) Resolve(meta map[string]string, pathQuery string) (Upstream, 
 	if err := checkRequestPath(pathQuery); err != nil {
 		return Upstream{}, err
 	}
-	v := values{meta: meta, defaults: p.defaults}
+	v := values{meta: meta, defaults: p.defaults, allowed: p.allowed}
 	t := p.base
 	var b strings.Builder
 	authority := t.authority
@@ -67,7 +67,7 @@ func (p *Provider) ValidateMetadata(meta map[string]string) error {
 		errs = append(errs, err)
 	}
 	if p.tokenURL != nil {
-		if _, err := p.tokenURL.expand(values{meta: meta, defaults: p.defaults}); err != nil {
+		if _, err := p.tokenURL.expand(values{meta: meta, defaults: p.defaults, allowed: p.allowed}); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -79,7 +79,7 @@ func (p *Provider) TokenURL(meta map[string]string) (string, error) {
 	if p.tokenURL == nil {
 		return "", fmt.Errorf("provider %s has no token URL", p.Name)
 	}
-	return p.tokenURL.expand(values{meta: meta, defaults: p.defaults})
+	return p.tokenURL.expand(values{meta: meta, defaults: p.defaults, allowed: p.allowed})
 }
 
 // AuthURL renders the OAuth2 authorization endpoint for a connection.
@@ -87,8 +87,14 @@ func (p *Provider) AuthURL(meta map[string]string) (string, error) {
 	if p.authURL == nil {
 		return "", fmt.Errorf("provider %s has no authorization URL", p.Name)
 	}
-	return p.authURL.expand(values{meta: meta, defaults: p.defaults})
+	return p.authURL.expand(values{meta: meta, defaults: p.defaults, allowed: p.allowed})
 }
+
+// OAuth2Header is the header that carries the access token, in lower case
+// as Envoy carries header names, and the prefix before the token:
+// "authorization" and "Bearer " unless the catalog's oauth2.header says
+// otherwise. Empty for providers that are not OAuth2.
+func (p *Provider) OAuth2Header() (name, prefix string) { return p.tokenHeader, p.tokenPrefix }
 
 // APIKeyHeaderLower is the API-key header name in lower case, as Envoy
 // carries header names; empty unless the key goes in a header.

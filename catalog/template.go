@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -147,6 +148,7 @@ func compileURL(raw string) (*urlTemplate, error) {
 type values struct {
 	meta     map[string]string
 	defaults map[string]string
+	allowed  map[string][]string // nil for most providers
 }
 
 func (v values) get(name string) (string, bool) {
@@ -155,6 +157,19 @@ func (v values) get(name string) (string, bool) {
 	}
 	s, ok := v.defaults[name]
 	return s, ok
+}
+
+// lookup is get, with a missing value and one outside the provider's
+// allowed list as errors.
+func (v values) lookup(name string) (string, error) {
+	val, ok := v.get(name)
+	if !ok || val == "" {
+		return "", fmt.Errorf("%w: %s is required", ErrInvalidValue, name)
+	}
+	if a, ok := v.allowed[name]; ok && !slices.Contains(a, val) {
+		return "", fmt.Errorf("%w: %s: %q is not one of %s", ErrInvalidValue, name, val, strings.Join(a, ", "))
+	}
+	return val, nil
 }
 
 // ErrInvalidValue is wrapped by every error about a metadata value.
@@ -168,9 +183,9 @@ func (t *urlTemplate) expandHost(b *strings.Builder, get values) error {
 			b.WriteString(s.lit)
 			continue
 		}
-		val, ok := get.get(s.v)
-		if !ok || val == "" {
-			return fmt.Errorf("%w: %s is required", ErrInvalidValue, s.v)
+		val, err := get.lookup(s.v)
+		if err != nil {
+			return err
 		}
 		if err := checkHostValue(val); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidValue, s.v, err)
@@ -198,9 +213,9 @@ func (t *urlTemplate) expandPath(b *strings.Builder, get values) error {
 			b.WriteString(s.lit)
 			continue
 		}
-		val, ok := get.get(s.v)
-		if !ok || val == "" {
-			return fmt.Errorf("%w: %s is required", ErrInvalidValue, s.v)
+		val, err := get.lookup(s.v)
+		if err != nil {
+			return err
 		}
 		if err := checkPathValue(val); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidValue, s.v, err)

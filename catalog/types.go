@@ -68,7 +68,10 @@ type Provider struct {
 	authURL  *urlTemplate
 
 	defaults     map[string]string
+	allowed      map[string][]string
 	apiKeyHeader string
+	tokenHeader  string // lower case; "authorization" unless oauth2.header says otherwise
+	tokenPrefix  string
 }
 
 // OAuth2 describes a provider's OAuth2 endpoints.
@@ -85,6 +88,10 @@ type OAuth2 struct {
 	// TokenMetadataFields names token-response fields whose values become
 	// connection metadata (Salesforce's instance_url → workspace).
 	TokenMetadataFields []TokenMetadataField `yaml:"tokenMetadataFields,omitempty"`
+	// Header is where the access token goes on a proxied request; nil
+	// means "Authorization: Bearer <token>" (RFC 6750). Shopify's Admin
+	// API, for one, reads X-Shopify-Access-Token with no prefix.
+	Header *APIKeyHeader `yaml:"header,omitempty"`
 }
 
 // TokenMetadataField maps a token-response field onto a metadata name.
@@ -102,7 +109,8 @@ type APIKey struct {
 	Query  string        `yaml:"query,omitempty"`
 }
 
-// APIKeyHeader is a header that carries an API key after a fixed prefix.
+// APIKeyHeader is a header that carries a credential (an API key, or an
+// OAuth2 access token) after a fixed prefix.
 type APIKeyHeader struct {
 	Name   string `yaml:"name"`
 	Prefix string `yaml:"prefix,omitempty"`
@@ -113,6 +121,11 @@ type MetadataInput struct {
 	Name        string `yaml:"name"`
 	DisplayName string `yaml:"displayName,omitempty"`
 	Default     string `yaml:"default,omitempty"`
+	// Allowed, when given, lists the only values a connection may carry.
+	// A value that ends a host (start.exactonline.{{.extension}}) decides
+	// the domain the request and the token exchange go to, so it must be
+	// pinned to the provider's own domains.
+	Allowed []string `yaml:"allowed,omitempty"`
 }
 
 // RateLimit names the headers a provider uses to say when a 429 ends.

@@ -86,6 +86,8 @@ func TestForwarding(t *testing.T) {
 			map[string]string{":authority": "api.basic.test", "authorization": basic}, []string{"x-api-key"}},
 		{"oauth2 bearer on templated host", "/services/data/v56.0/sobjects/Account", proxyHeaders("oauth-int", "g1"),
 			map[string]string{":authority": "acme.oauth.test", "authorization": "Bearer " + accessToken, ":path": "/services/data/v56.0/sobjects/Account"}, []string{"x-api-key"}},
+		{"oauth2 token in the catalog's header, caller authorization removed", "/admin/api/shop.json", proxyHeaders("tokenheader-int", "g1", "authorization", "Bearer caller-own"),
+			map[string]string{":authority": "api.tokenheader.test", "x-access-token": accessToken}, []string{"authorization", "x-api-key"}},
 		{"none keeps the caller's authorization", "/x", proxyHeaders("none-int", "g1", "authorization", "Bearer caller-own"),
 			map[string]string{":authority": "api.none.test", "authorization": "Bearer caller-own"}, []string{"x-api-key"}},
 		{"api key header replaces caller authorization", "/x", proxyHeaders("key-int", "g1", "authorization", "Bearer caller-own"),

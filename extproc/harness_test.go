@@ -64,6 +64,16 @@ const overrides = `providers:
       authStyle: inHeader
     metadata: [{name: workspace}]
     proxy: true
+  - name: testTokenHeader
+    baseURL: https://api.tokenheader.test
+    authType: oauth2
+    oauth2:
+      grantType: authorizationCode
+      authURL: https://login.tokenheader.test/authorize
+      tokenURL: https://login.tokenheader.test/token
+      authStyle: inParams
+      header: {name: X-Access-Token}
+    proxy: true
   - name: testNone
     baseURL: https://api.none.test
     authType: none
@@ -81,6 +91,7 @@ integrations:
   - {name: basic-int, provider: testBasic, proxy: {enabled: true}}
   - {name: oauth-int, provider: testOAuth, proxy: {enabled: true}}
   - {name: none-int, provider: testNone, proxy: {enabled: true}}
+  - {name: tokenheader-int, provider: testTokenHeader, proxy: {enabled: true}}
   - {name: disabled-int, provider: testKey}
   - {name: noproxy-int, provider: testNoProxy, proxy: {enabled: true}}
 `
@@ -183,6 +194,7 @@ func newFixture() *fakeStore {
 	f.add(conn("c-oauth", "testOAuth", tokens.Credential{AccessToken: accessToken, RefreshToken: refreshTok, Expiry: now.Add(time.Hour)},
 		map[string]string{"workspace": "acme"}), "oauth-int", "i-oauth")
 	f.add(conn("c-none", "testNone", tokens.Credential{}, nil), "none-int", "i-none")
+	f.add(conn("c-tokenheader", "testTokenHeader", tokens.Credential{AccessToken: accessToken, Expiry: now.Add(time.Hour)}, nil), "tokenheader-int", "i-tokenheader")
 	f.add(conn("c-disabled", "testKey", tokens.Credential{APIKey: providerKey}, nil), "disabled-int", "i-disabled")
 	f.add(conn("c-noproxy", "testNoProxy", tokens.Credential{Username: "u", Password: basicPass}, nil), "noproxy-int", "i-noproxy")
 	// A second group of the same integration, to prove the installation ID

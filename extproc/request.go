@@ -130,8 +130,9 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 			return nil, p
 		}
 		st.token = tok
-		credHeader = "authorization"
-		r.setHeader(credHeader, r.value("Bearer ", tok))
+		var prefix string
+		credHeader, prefix = prov.OAuth2Header()
+		r.setHeader(credHeader, r.value(prefix, tok))
 	}
 	if path != in.path {
 		r.setHeader(":path", r.value(path))

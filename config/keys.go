@@ -94,7 +94,6 @@ func (k *KeyRing) Refresh() bool {
 	return changed
 }
 
-
 // readKeyFile returns the key a file holds, without surrounding whitespace.
 // Errors never contain the key.
 func readKeyFile(path string) ([]byte, error) {

@@ -2,6 +2,7 @@ package envoytest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
@@ -783,13 +784,33 @@ func TestOverrideMessageTimeoutIgnored(t *testing.T) {
 		if _, err := srv.Recv(); err != nil {
 			return nil
 		}
-		_ = srv.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(time.Minute)})
+		_ = srv.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(time.Hour)})
 		<-srv.Context().Done()
 		return nil
-	}}, nil, func(c *Config) { c.MessageTimeout = 20 * time.Millisecond })
-	resp, _ := s.do(t, http.MethodGet, "/", "api.example.com", nil, nil)
+	}}, nil, func(c *Config) { c.MessageTimeout = 200 * time.Millisecond })
+	// The 504 must come from the 200ms timeout, not from the hour the
+	// override asks for; the client's bound only tells the two apart, far
+	// above the one and far below the other, so load cannot trip it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.proxy.URL()+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "api.example.com"
+	resp, err := s.client.Do(req)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("no answer within 5s: the override extended the message timeout")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 	expectStatus(t, resp, http.StatusGatewayTimeout)
 	expectNotForwarded(t, s)
+	if n := s.proxy.Stats().MessageTimeouts; n != 1 {
+		t.Errorf("MessageTimeouts = %d, want 1", n)
+	}
 }
 
 // Fail closed: a gRPC error, a broken connection or an unreachable

@@ -881,7 +881,7 @@ func TestProcessorFailuresFailClosed(t *testing.T) {
 	})
 }
 
-// An answer of the wrong kind fails the request.
+// An answer of the wrong kind fails the request (Envoy 1.35 and later).
 func TestSpuriousAnswer(t *testing.T) {
 	s := newSetup(t, onRequest(responseHeaders(nil)), nil)
 	resp, _ := s.do(t, http.MethodGet, "/", "api.example.com", nil, nil)

@@ -818,3 +818,26 @@ func TestSecretTypesRedact(t *testing.T) {
 		t.Errorf("non-secret fields hidden too: %s", all)
 	}
 }
+
+// A value used in several templates (base, authorization and token URLs)
+// is reported once, not once per template.
+func TestMetadataDetailOnce(t *testing.T) {
+	for _, via := range []string{"providerWorkspaceRef", "providerMetadata.workspace"} {
+		t.Run(via, func(t *testing.T) {
+			e := newEnv(t)
+			req := GenerateConnectionRequest{GroupRef: "g", ConsumerRef: "u", Provider: "testOAuth",
+				OAuth2AuthorizationCode: &OAuth2AuthorizationCode{}}
+			req.OAuth2AuthorizationCode.AccessToken.Token = "tok"
+			if via == "providerWorkspaceRef" {
+				req.ProviderWorkspaceRef = "evil.com#"
+			} else {
+				req.ProviderMetadata = map[string]string{"workspace": "evil.com#"}
+			}
+			w := e.do("POST", genPath, keyP1, mustJSON(t, req))
+			p := wantProblem(t, w, http.StatusBadRequest, "invalid-argument", via+":")
+			if n := strings.Count(p.Detail, via+":"); n != 1 {
+				t.Errorf("detail names %s %d times: %q", via, n, p.Detail)
+			}
+		})
+	}
+}

@@ -464,6 +464,19 @@ func TestGetAndDeleteConnection(t *testing.T) {
 	other := e.do("POST", "/v1/projects/p2/connections:generate", keyP2, mustJSON(t, keyConn("g1")))
 	var c2 tokens.Connection
 	decodeJSON(t, other, http.StatusCreated, &c2)
+	// Every member DESIGN §5 lists is present, empty ones included.
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(other.Body.Bytes(), &members); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"id", "projectId", "provider", "groupRef", "consumerRef", "providerWorkspaceRef", "providerMetadata", "authScheme", "status", "createTime", "updateTime"} {
+		if _, ok := members[m]; !ok {
+			t.Errorf("connection without workspace or metadata lacks %q: %s", m, other.Body)
+		}
+	}
+	if string(members["providerWorkspaceRef"]) != `""` || string(members["providerMetadata"]) != `{}` {
+		t.Errorf("providerWorkspaceRef %s, providerMetadata %s; want \"\" and {}", members["providerWorkspaceRef"], members["providerMetadata"])
+	}
 
 	var got tokens.Connection
 	w := e.do("GET", connsPath+"/"+c.ID, keyP1, "")

@@ -854,3 +854,38 @@ func TestMetadataDetailOnce(t *testing.T) {
 		})
 	}
 }
+
+// GET …/connections/{id} writes the connection's members and, during a
+// lockout, rateLimitedUntil and retryable beside them.
+func TestConnectionViewJSON(t *testing.T) {
+	c := &tokens.Connection{ID: "c1", Provider: "testKey"}
+	until := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
+	retryable := true
+	for _, tc := range []struct {
+		view   ConnectionView
+		locked bool
+	}{
+		{ConnectionView{Connection: c}, false},
+		{ConnectionView{Connection: c, RateLimitedUntil: &until, Retryable: &retryable}, true},
+	} {
+		b, err := json.Marshal(tc.view)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if string(m["id"]) != `"c1"` || string(m["providerMetadata"]) != `{}` || string(m["providerWorkspaceRef"]) != `""` {
+			t.Errorf("connection members missing: %s", b)
+		}
+		_, hasUntil := m["rateLimitedUntil"]
+		_, hasRetryable := m["retryable"]
+		if hasUntil != tc.locked || hasRetryable != tc.locked {
+			t.Errorf("locked %v: %s", tc.locked, b)
+		}
+		if tc.locked && (string(m["rateLimitedUntil"]) != `"2026-03-01T12:00:30Z"` || string(m["retryable"]) != "true") {
+			t.Errorf("lockout members: %s", b)
+		}
+	}
+}

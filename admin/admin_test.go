@@ -464,6 +464,19 @@ func TestGetAndDeleteConnection(t *testing.T) {
 	other := e.do("POST", "/v1/projects/p2/connections:generate", keyP2, mustJSON(t, keyConn("g1")))
 	var c2 tokens.Connection
 	decodeJSON(t, other, http.StatusCreated, &c2)
+	// Every member DESIGN §5 lists is present, empty ones included.
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(other.Body.Bytes(), &members); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"id", "projectId", "provider", "groupRef", "consumerRef", "providerWorkspaceRef", "providerMetadata", "authScheme", "status", "createTime", "updateTime"} {
+		if _, ok := members[m]; !ok {
+			t.Errorf("connection without workspace or metadata lacks %q: %s", m, other.Body)
+		}
+	}
+	if string(members["providerWorkspaceRef"]) != `""` || string(members["providerMetadata"]) != `{}` {
+		t.Errorf("providerWorkspaceRef %s, providerMetadata %s; want \"\" and {}", members["providerWorkspaceRef"], members["providerMetadata"])
+	}
 
 	var got tokens.Connection
 	w := e.do("GET", connsPath+"/"+c.ID, keyP1, "")
@@ -816,5 +829,63 @@ func TestSecretTypesRedact(t *testing.T) {
 	}
 	if !strings.Contains(all, "testOAuth") {
 		t.Errorf("non-secret fields hidden too: %s", all)
+	}
+}
+
+// A value used in several templates (base, authorization and token URLs)
+// is reported once, not once per template.
+func TestMetadataDetailOnce(t *testing.T) {
+	for _, via := range []string{"providerWorkspaceRef", "providerMetadata.workspace"} {
+		t.Run(via, func(t *testing.T) {
+			e := newEnv(t)
+			req := GenerateConnectionRequest{GroupRef: "g", ConsumerRef: "u", Provider: "testOAuth",
+				OAuth2AuthorizationCode: &OAuth2AuthorizationCode{}}
+			req.OAuth2AuthorizationCode.AccessToken.Token = "tok"
+			if via == "providerWorkspaceRef" {
+				req.ProviderWorkspaceRef = "evil.com#"
+			} else {
+				req.ProviderMetadata = map[string]string{"workspace": "evil.com#"}
+			}
+			w := e.do("POST", genPath, keyP1, mustJSON(t, req))
+			p := wantProblem(t, w, http.StatusBadRequest, "invalid-argument", via+":")
+			if n := strings.Count(p.Detail, via+":"); n != 1 {
+				t.Errorf("detail names %s %d times: %q", via, n, p.Detail)
+			}
+		})
+	}
+}
+
+// GET …/connections/{id} writes the connection's members and, during a
+// lockout, rateLimitedUntil and retryable beside them.
+func TestConnectionViewJSON(t *testing.T) {
+	c := &tokens.Connection{ID: "c1", Provider: "testKey"}
+	until := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
+	retryable := true
+	for _, tc := range []struct {
+		view   ConnectionView
+		locked bool
+	}{
+		{ConnectionView{Connection: c}, false},
+		{ConnectionView{Connection: c, RateLimitedUntil: &until, Retryable: &retryable}, true},
+	} {
+		b, err := json.Marshal(tc.view)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if string(m["id"]) != `"c1"` || string(m["providerMetadata"]) != `{}` || string(m["providerWorkspaceRef"]) != `""` {
+			t.Errorf("connection members missing: %s", b)
+		}
+		_, hasUntil := m["rateLimitedUntil"]
+		_, hasRetryable := m["retryable"]
+		if hasUntil != tc.locked || hasRetryable != tc.locked {
+			t.Errorf("locked %v: %s", tc.locked, b)
+		}
+		if tc.locked && (string(m["rateLimitedUntil"]) != `"2026-03-01T12:00:30Z"` || string(m["retryable"]) != "true") {
+			t.Errorf("lockout members: %s", b)
+		}
 	}
 }

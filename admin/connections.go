@@ -310,9 +310,16 @@ func metadataProblem(prov *catalog.Provider, err error, meta, given map[string]s
 		}
 		return fieldMetadata + "." + name
 	}
+	// The catalog checks each template that uses a value (base,
+	// authorization and token URLs), so one bad value can come back once
+	// per template: report each problem once.
 	var parts []string
+	seen := make(map[string]bool)
 	for _, e := range unjoin(err) {
-		parts = append(parts, metadataDetail(e, declared, meta, fieldOf))
+		if d := metadataDetail(e, declared, meta, fieldOf); !seen[d] {
+			seen[d] = true
+			parts = append(parts, d)
+		}
 	}
 	return badRequest("%s", strings.Join(parts, "; "))
 }

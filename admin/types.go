@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"log/slog"
 	"time"
 
@@ -149,6 +150,26 @@ type ConnectionView struct {
 	*tokens.Connection
 	RateLimitedUntil *time.Time `json:"rateLimitedUntil,omitempty"`
 	Retryable        *bool      `json:"retryable,omitempty"`
+}
+
+// MarshalJSON writes the connection's members, then the lockout ones.
+// Without it the embedded Connection's MarshalJSON would be promoted and
+// leave rateLimitedUntil and retryable out.
+func (v ConnectionView) MarshalJSON() ([]byte, error) {
+	lock, err := json.Marshal(struct {
+		RateLimitedUntil *time.Time `json:"rateLimitedUntil,omitempty"`
+		Retryable        *bool      `json:"retryable,omitempty"`
+	}{v.RateLimitedUntil, v.Retryable})
+	if err != nil || v.Connection == nil {
+		return lock, err
+	}
+	conn, err := json.Marshal(v.Connection)
+	if err != nil || len(lock) == 2 { // no lockout: {}
+		return conn, err
+	}
+	// Both are objects with members (a Connection always has an id):
+	// join them into one.
+	return append(append(conn[:len(conn)-1:len(conn)-1], ','), lock[1:]...), nil
 }
 
 // ConnectionList is one page of GET …/connections. NextPageToken is

@@ -41,9 +41,13 @@ var (
 // connection ID as additional data so a sealed credential cannot be moved to
 // another record.
 type connRecord struct {
-	Connection *Connection `json:"connection"`
-	Credential []byte      `json:"sealedCredential"`
+	Connection *storedConnection `json:"connection"`
+	Credential []byte            `json:"sealedCredential"`
 }
+
+// storedConnection has Connection's fields but not its MarshalJSON, which
+// writes absent metadata as {} for clients; the store keeps it as it was.
+type storedConnection Connection
 
 // plainCredential has Credential's fields but none of its methods, so it
 // marshals the real values where Credential's MarshalJSON would redact
@@ -136,7 +140,7 @@ func (s *Store) encodeConnection(c *Connection) ([]byte, error) {
 	}
 	sealed := s.aead.Seal(nil, nil, plain, []byte(c.ID))
 	clear(plain)
-	v, err := json.Marshal(connRecord{Connection: c, Credential: sealed})
+	v, err := json.Marshal(connRecord{Connection: (*storedConnection)(c), Credential: sealed})
 	if err != nil {
 		return nil, fmt.Errorf("connection %s: encode: %w", c.ID, err)
 	}
@@ -149,7 +153,7 @@ func (s *Store) decodeConnection(k, v []byte) (*Connection, error) {
 	if err := json.Unmarshal(v, &rec); err != nil || rec.Connection == nil {
 		return nil, fmt.Errorf("connection %s: record is not readable: the file is damaged", k)
 	}
-	c := rec.Connection
+	c := (*Connection)(rec.Connection)
 	if !bytes.Equal(k, []byte(c.ID)) {
 		return nil, fmt.Errorf("connection %s: record carries id %q: the file is damaged", k, c.ID)
 	}

@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"time"
@@ -80,8 +81,8 @@ type Connection struct {
 	Provider     string            `json:"provider"`
 	GroupRef     string            `json:"groupRef"`
 	ConsumerRef  string            `json:"consumerRef"`
-	WorkspaceRef string            `json:"providerWorkspaceRef,omitempty"`
-	Metadata     map[string]string `json:"providerMetadata,omitempty"`
+	WorkspaceRef string            `json:"providerWorkspaceRef"`
+	Metadata     map[string]string `json:"providerMetadata"` // nil marshals as {}
 	AuthScheme   AuthScheme        `json:"authScheme"`
 	Status       Status            `json:"status"`
 	CreateTime   time.Time         `json:"createTime"`
@@ -90,6 +91,17 @@ type Connection struct {
 	// Credential is never serialised with the connection; the store seals it
 	// separately.
 	Credential Credential `json:"-"`
+}
+
+// MarshalJSON writes every member DESIGN §5 lists for a Connection, an
+// empty providerWorkspaceRef as "" and no metadata as {}, never null, so
+// that clients need not tell a missing member from an empty one.
+func (c Connection) MarshalJSON() ([]byte, error) {
+	type fields Connection // without this method
+	if c.Metadata == nil {
+		c.Metadata = map[string]string{}
+	}
+	return json.Marshal(fields(c))
 }
 
 // Installation binds an integration of a project, for one group, to a

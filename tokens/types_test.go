@@ -53,3 +53,39 @@ func TestCredentialNeverPrints(t *testing.T) {
 		t.Error("the connection's non-secret fields should still print")
 	}
 }
+
+// A connection's JSON has every member the admin API promises, empty ones
+// as "" and {} (never null or absent), and reads back unchanged.
+func TestConnectionJSONMembers(t *testing.T) {
+	for _, c := range []Connection{
+		{ID: "c1", Provider: "openai"},
+		{ID: "c2", Provider: "salesforce", WorkspaceRef: "na1", Metadata: map[string]string{"workspace": "na1"}},
+	} {
+		for _, v := range []any{c, &c} {
+			b, err := json.Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var members map[string]json.RawMessage
+			if err := json.Unmarshal(b, &members); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{"providerWorkspaceRef": `""`, "providerMetadata": `{}`}
+			if c.WorkspaceRef != "" {
+				want = map[string]string{"providerWorkspaceRef": `"na1"`, "providerMetadata": `{"workspace":"na1"}`}
+			}
+			for m, w := range want {
+				if got := string(members[m]); got != w {
+					t.Errorf("%s: %s = %q, want %q", b, m, got, w)
+				}
+			}
+			var back Connection
+			if err := json.Unmarshal(b, &back); err != nil {
+				t.Fatal(err)
+			}
+			if back.WorkspaceRef != c.WorkspaceRef || len(back.Metadata) != len(c.Metadata) {
+				t.Errorf("round trip of %s gave %+v", b, back)
+			}
+		}
+	}
+}

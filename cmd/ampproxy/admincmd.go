@@ -90,7 +90,7 @@ func (a *adminFlags) parse(args []string, want int) error {
 	// positional argument.
 	var pos []string
 	for {
-		if err := a.fs.Parse(args); err != nil {
+		if err := parseFlags(a.fs, args); err != nil {
 			return err
 		}
 		if a.fs.NArg() == 0 {

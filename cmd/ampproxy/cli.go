@@ -67,6 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "keys":
 		return keysCmd(rest, stdout)
 	case "version":
+		if len(rest) > 0 {
+			return fmt.Errorf("%w: version takes no arguments", errUsage)
+		}
 		fmt.Fprintln(stdout, "ampproxy", buildVersion())
 		return nil
 	case "help", "-h", "--help":
@@ -81,7 +84,7 @@ func configFlag(cmd string, args []string, stderr io.Writer) (string, error) {
 	fs := flag.NewFlagSet("ampproxy "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "path to ampproxy.yaml")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return "", err
 	}
 	if *path == "" {
@@ -91,6 +94,17 @@ func configFlag(cmd string, args []string, stderr io.Writer) (string, error) {
 		return "", fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	return *path, nil
+}
+
+// parseFlags parses args with fs. A flag the command does not know, or a
+// value its flag refuses, is a usage mistake (exit 2); -h stays flag.ErrHelp
+// (exit 0).
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %w", errUsage, fs.Name(), err)
 }
 
 func buildVersion() string {

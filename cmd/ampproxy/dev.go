@@ -22,7 +22,7 @@ func devCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "path to ampproxy.yaml")
 	listen := fs.String("listen", "127.0.0.1:10000", "where the local data plane takes callers' requests")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *path == "" {

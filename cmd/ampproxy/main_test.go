@@ -50,6 +50,19 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve"}, 2, "serve needs --config FILE"},
 		{[]string{"check", "--config", "a", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"keys"}, 2, "keys takes one subcommand"},
+		{[]string{"keys", "new", "--bogus"}, 2, "keys takes one subcommand"},
+		{[]string{"version", "--bogus"}, 2, "version takes no arguments"},
+		// Flags a command does not know are usage mistakes too.
+		{[]string{"serve", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"check", "--config", "a", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"dev", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"admin", "connections", "list", "--page-size", "2"}, 2, "flag provided but not defined: -page-size"},
+		{[]string{"admin", "connections", "get", "--nope", "x"}, 2, "flag provided but not defined: -nope"},
+		{[]string{"admin", "connections", "generate", "--metadata", "novalue"}, 2, `want name=value, got "novalue"`},
+		{[]string{"admin", "installations", "create", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"admin", "connect", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"serve", "-h"}, 0, "-config"},
+		{[]string{"admin", "connections", "get", "-h"}, 0, "Usage: ampproxy admin"},
 		{[]string{"check", "--config", "/nonexistent/ampproxy.yaml"}, 1, "/nonexistent/ampproxy.yaml"},
 	} {
 		code, stdout, stderr := runMain(t, tc.args...)

@@ -4,12 +4,25 @@
 //
 // It is not Envoy. It implements the few behaviours of Envoy's ext_proc,
 // dynamic_forward_proxy and router filters that ampproxy depends on, as
-// current Envoy implements them (those ampproxy relies on hold from Envoy
-// 1.32), and nothing else: no retries, no route or idle timeouts, no access
-// logs, no HTTP/2 or HTTP/3 upstreams, no body or trailer processing modes,
+// Envoy implements them (Envoy versions says from which release), and
+// nothing else: no retries, no route or idle timeouts, no access logs, no
+// HTTP/2 or HTTP/3 upstreams, no body or trailer processing modes,
 // no DNS cache (Config.Resolve or the system resolver stands in for it).
 // Where a test passes here but could fail with Envoy, run it against a real
 // Envoy with envoy.TestBootstrap.
+//
+// # Envoy versions
+//
+// The rules below that ampproxy relies on hold from Envoy 1.32: raw_value
+// is the only value read (1.32 removed send_header_raw_value), and a late
+// answer is a 504 (1.32 changelog, runtime guard ext_proc_timeout_error).
+// One rule is newer: an answer of the wrong kind fails the request only from
+// 1.35 (runtime guard ext_proc_fail_close_spurious_resp); 1.32 to 1.34
+// ignore it, end processing and forward the request unchanged, fail-open.
+// ampproxy answers every message with its own kind or an ImmediateResponse,
+// so it does not depend on that rule; a processor that can send a wrong
+// kind needs Envoy 1.35. Local replies reach the response phase as they did
+// before Envoy 1.34; see the Caveats.
 //
 // # Rules it follows
 //
@@ -46,7 +59,8 @@
 //     is different: Envoy treats the processor as done and the request goes
 //     on unchanged (onRemoteClose → onGrpcClose), which is fail-open.
 //   - An answer of the wrong kind (for example response_headers to request
-//     headers) gives 500 (spurious message, failing closed).
+//     headers) gives 500 (spurious message, failing closed; Envoy 1.35 and
+//     later, see Envoy versions).
 //   - Header mutations follow MutationUtils::applyHeaderMutations and the
 //     HeaderMutationRules checker
 //     (source/extensions/filters/common/mutation_rules/mutation_rules.cc):
@@ -88,4 +102,14 @@
 //     proxy-connection (Envoy drops those when it writes the response, which
 //     may be after ext_proc saw them); what the processor answers is applied
 //     before the client sees the response.
+//
+// # Caveats
+//
+//   - Local replies in the response phase: Envoy 1.34's changelog says
+//     local replies are no longer sent to the ext_proc server (runtime guard
+//     skip_ext_proc_on_local_reply, also the fix for CVE-2025-30157 in
+//     1.33.1 and 1.32.4). Whether that covers the DNS and upstream-reset
+//     503s above has not been checked against a real Envoy; the stand-in
+//     still sends them. ampproxy only counts such a 503 in its provider
+//     metrics, so no test of ampproxy should depend on seeing it.
 package envoytest

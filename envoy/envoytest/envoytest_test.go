@@ -2,6 +2,7 @@ package envoytest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
@@ -783,13 +784,33 @@ func TestOverrideMessageTimeoutIgnored(t *testing.T) {
 		if _, err := srv.Recv(); err != nil {
 			return nil
 		}
-		_ = srv.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(time.Minute)})
+		_ = srv.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(time.Hour)})
 		<-srv.Context().Done()
 		return nil
-	}}, nil, func(c *Config) { c.MessageTimeout = 20 * time.Millisecond })
-	resp, _ := s.do(t, http.MethodGet, "/", "api.example.com", nil, nil)
+	}}, nil, func(c *Config) { c.MessageTimeout = 200 * time.Millisecond })
+	// The 504 must come from the 200ms timeout, not from the hour the
+	// override asks for; the client's bound only tells the two apart, far
+	// above the one and far below the other, so load cannot trip it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.proxy.URL()+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "api.example.com"
+	resp, err := s.client.Do(req)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("no answer within 5s: the override extended the message timeout")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 	expectStatus(t, resp, http.StatusGatewayTimeout)
 	expectNotForwarded(t, s)
+	if n := s.proxy.Stats().MessageTimeouts; n != 1 {
+		t.Errorf("MessageTimeouts = %d, want 1", n)
+	}
 }
 
 // Fail closed: a gRPC error, a broken connection or an unreachable
@@ -860,7 +881,124 @@ func TestProcessorFailuresFailClosed(t *testing.T) {
 	})
 }
 
-// An answer of the wrong kind fails the request.
+// A stream that breaks after the processor has the request headers, while
+// the request waits for the answer, fails the request with 500 and nothing
+// reaches the provider: the processor's server stops, or its connection is
+// cut as when its process dies.
+func TestStreamBrokenMidRequest(t *testing.T) {
+	for _, how := range []string{"server stopped", "connection cut"} {
+		t.Run(how, func(t *testing.T) {
+			got := make(chan struct{})
+			var once sync.Once
+			proc := &processor{process: func(srv extprocv3.ExternalProcessor_ProcessServer) error {
+				if _, err := srv.Recv(); err != nil {
+					return nil
+				}
+				once.Do(func() { close(got) })
+				<-srv.Context().Done() // never answers
+				return nil
+			}}
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := grpc.NewServer()
+			extprocv3.RegisterExternalProcessorServer(g, proc)
+			served := make(chan struct{})
+			go func() { defer close(served); _ = g.Serve(lis) }()
+			t.Cleanup(func() { g.Stop(); <-served })
+			addr := lis.Addr().String()
+			var r *relay
+			if how == "connection cut" {
+				r = startRelay(t, addr)
+				addr = r.addr()
+			}
+			s := &setup{provider: startProvider(t, nil)}
+			s.start(t, addr)
+
+			ended := make(chan struct{})
+			t.Cleanup(func() { close(ended) })
+			go func() {
+				select {
+				case <-got:
+				case <-ended:
+					return
+				}
+				if r != nil {
+					r.cut()
+				} else {
+					g.Stop()
+				}
+			}()
+			resp, _ := s.do(t, http.MethodGet, "/", "api.example.com", nil, map[string]string{"X-Api-Key": "caller-key"})
+			expectStatus(t, resp, http.StatusInternalServerError)
+			expectNotForwarded(t, s)
+			if n := s.proxy.Stats().StreamsFailed; n != 1 {
+				t.Errorf("StreamsFailed = %d, want 1", n)
+			}
+			if n := s.proxy.Stats().MessageTimeouts; n != 0 {
+				t.Errorf("MessageTimeouts = %d: the failure was to be the broken stream", n)
+			}
+		})
+	}
+}
+
+// relay forwards TCP connections to a backend until cut, which resets
+// every connection it carries, as a process that dies does.
+type relay struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startRelay(t *testing.T, backend string) *relay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{ln: ln}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns = append(r.conns, c, b)
+			r.mu.Unlock()
+			r.wg.Add(2)
+			go func() { defer r.wg.Done(); _, _ = io.Copy(b, c); b.Close() }()
+			go func() { defer r.wg.Done(); _, _ = io.Copy(c, b); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); r.cut(); r.wg.Wait() })
+	return r
+}
+
+func (r *relay) addr() string { return r.ln.Addr().String() }
+
+func (r *relay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // RST, not FIN
+		}
+		c.Close()
+	}
+	r.conns = nil
+}
+
+// An answer of the wrong kind fails the request (Envoy 1.35 and later).
 func TestSpuriousAnswer(t *testing.T) {
 	s := newSetup(t, onRequest(responseHeaders(nil)), nil)
 	resp, _ := s.do(t, http.MethodGet, "/", "api.example.com", nil, nil)

@@ -612,9 +612,10 @@ func (x *exchange) errorReply(err error) *localReply {
 	return newLocalReply(http.StatusInternalServerError, "", err.Error(), nil)
 }
 
-// spurious handles an answer of the wrong kind. Current Envoy fails closed
-// when failure_mode_allow is false (runtime guard
-// ext_proc_fail_close_spurious_resp): a 500.
+// spurious handles an answer of the wrong kind. From Envoy 1.35 it fails
+// closed when failure_mode_allow is false (runtime guard
+// ext_proc_fail_close_spurious_resp): a 500. Earlier Envoy ignored the
+// answer and let the request on unprocessed.
 func (x *exchange) spurious(resp *extprocv3.ProcessingResponse) *localReply {
 	x.p.spurious.Add(1)
 	return x.errorReply(fmt.Errorf("spurious ext_proc message %T", resp.GetResponse()))

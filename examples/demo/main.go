@@ -4,9 +4,18 @@
 // them: keys from `ampproxy keys new`, connections and installations
 // through `ampproxy admin`, then real HTTP calls through the data plane.
 //
+// Beyond valid and refused calls it shows the two things ampproxy does on
+// its own: an OAuth2 connection stored with an access token that has
+// already expired is refreshed on the first call (the provider's token
+// endpoint sees one refresh grant, and the connection turns "working"), and
+// throttle mode: a provider 429 gains X-Amp-Retry-After and X-Amp-Retryable,
+// and the next throttle-mode request is answered 429 by ampproxy without
+// reaching the provider.
+//
 // Every request and response is printed the way `curl -v` prints them,
 // with secrets masked. It exits 0 only when every step worked, and stops
-// every process it started.
+// every process it started and removes its directory, also on failure and
+// on Ctrl-C.
 package main
 
 import (
@@ -40,8 +49,17 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	d := &demo{bin: *bin, out: os.Stdout}
-	err := d.run(ctx)
-	d.cleanup()
+	err := func() (err error) {
+		// Clean up even if a step panics; the panic is then reported as
+		// the demo's failure.
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic: %v", r)
+			}
+			d.cleanup()
+		}()
+		return d.run(ctx)
+	}()
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stdout, "\n%sdemo failed: %v%s\n", red, err, reset)
@@ -82,6 +100,11 @@ func (d *demo) section(title string) {
 	fmt.Fprintf(d.out, "\n%s━━ %s%s\n", bold, title, reset)
 }
 
+// issuedToken matches the tokens and codes the sample provider mints,
+// including those the demo never sees (the access token ampproxy gets by
+// refreshing), so that they are masked too.
+var issuedToken = regexp.MustCompile(`\b(spat|sprt|spac)_[A-Za-z0-9]+`)
+
 // mask replaces every secret the demo knows with a short masked form.
 func (d *demo) mask(s string) string {
 	for _, sec := range d.secrets {
@@ -89,7 +112,7 @@ func (d *demo) mask(s string) string {
 			s = strings.ReplaceAll(s, sec, maskValue(sec))
 		}
 	}
-	return s
+	return issuedToken.ReplaceAllStringFunc(s, maskValue)
 }
 
 func maskValue(s string) string {
@@ -121,19 +144,27 @@ func (d *demo) run(ctx context.Context) error {
 
 	d.section("1. A sample SaaS provider (local TLS API with OAuth2 and API keys)")
 	provKey := randomSecret("sk_live_")
+	clientSecret := randomSecret("cs_")
 	p, err := sampleprovider.Start(sampleprovider.Options{
 		Hosts:        []string{"api.sample.test", "*.sample.test"},
 		APIKey:       provKey,
 		ClientID:     "demo-client",
-		ClientSecret: randomSecret("cs_"),
+		ClientSecret: clientSecret,
+		// The token endpoint is also reachable over plain HTTP on
+		// loopback, which the catalog allows for token URLs, so that the
+		// ampproxy process need not trust the demo's certificate authority.
+		PlainHTTP: true,
 	})
 	if err != nil {
 		return err
 	}
 	d.provider = p
-	access, refresh := p.IssueTokens(time.Hour)
-	d.secrets = append(d.secrets, provKey, access, refresh)
+	// An access token that has already expired, as a connection holds when
+	// nobody used it for a while: the provider no longer accepts it.
+	access, refresh := p.IssueTokens(time.Nanosecond)
+	d.secrets = append(d.secrets, provKey, clientSecret, access, refresh)
 	fmt.Fprintf(d.out, "listening on %s, certificate for api.sample.test and *.sample.test\n", p.Addr())
+	fmt.Fprintf(d.out, "OAuth2 token endpoint also at http://%s/oauth/token (loopback)\n", p.HTTPAddr())
 
 	d.section("2. ampproxy: config, a project API key, serve")
 	var keyOut bytes.Buffer
@@ -148,7 +179,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.secrets = append(d.secrets, d.apiKey)
 	fmt.Fprint(d.out, d.mask(keyOut.String()))
 	d.project = "demo"
-	if err := d.writeConfig(m[2]); err != nil {
+	if err := d.writeConfig(m[2], "http://"+p.HTTPAddr()+"/oauth/token", clientSecret); err != nil {
 		return err
 	}
 	if err := d.cli(d.out, "check", "--config", filepath.Join(d.dir, "ampproxy.yaml")); err != nil {
@@ -180,14 +211,29 @@ func (d *demo) run(ctx context.Context) error {
 			return err
 		}
 	}
-	expires := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	expired := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	fmt.Fprintf(d.out, "%s$ ampproxy admin connections generate --provider sampleCRM --group-ref acme --consumer-ref alice --access-token @%s --refresh-token @%s --expires-at %s -o json%s\n",
+		dim, tokenFile, refreshFile, expired, reset)
+	var genOut bytes.Buffer
+	err = d.cli(io.MultiWriter(d.out, &genOut), "admin", "connections", "generate", "--provider", "sampleCRM",
+		"--group-ref", "acme", "--consumer-ref", "alice", "--access-token", "@"+tokenFile,
+		"--refresh-token", "@"+refreshFile, "--expires-at", expired, "-o", "json")
+	var crm struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	}
+	if err == nil {
+		if jerr := json.Unmarshal(genOut.Bytes(), &crm); jerr != nil || crm.ID == "" {
+			err = fmt.Errorf("unexpected output (%v)", jerr)
+		}
+	}
+	if err := d.check("OAuth2 connection for group acme, access token expired a minute ago", err); err != nil {
+		return err
+	}
 	for _, c := range []struct {
 		name string
 		args []string
 	}{
-		{"OAuth2 connection for group acme", []string{"admin", "connections", "generate", "--provider", "sampleCRM",
-			"--group-ref", "acme", "--consumer-ref", "alice", "--access-token", "@" + tokenFile,
-			"--refresh-token", "@" + refreshFile, "--expires-at", expires}},
 		{"API-key connection with workspace acme-eu", []string{"admin", "connections", "generate", "--provider", "sampleTickets",
 			"--group-ref", "acme", "--consumer-ref", "alice", "--workspace", "acme-eu", "--provider-key", "@" + keyFile}},
 		{"install crm for acme", []string{"admin", "installations", "create", "--integration", "crm", "--group-ref", "acme"}},
@@ -208,20 +254,25 @@ func (d *demo) run(ctx context.Context) error {
 		headers  map[string]string
 		body     string
 		status   int
-		verifies func(echo map[string]any) error
+		verifies func(h http.Header, echo map[string]any) error
 	}{
 		{
-			name: "GET contacts with the OAuth2 installation", method: "GET", path: "/v1/contacts?limit=2",
+			name: "GET contacts with the OAuth2 installation: ampproxy refreshes the expired token first", method: "GET", path: "/v1/contacts?limit=2",
 			headers: d.proxyHeaders("crm"), status: 200,
-			verifies: func(e map[string]any) error {
-				return expectHeader(e, "authorization", "Bearer "+access)
+			verifies: func(_ http.Header, e map[string]any) error {
+				h, _ := e["headers"].(map[string]any)
+				got, _ := h["authorization"].(string)
+				if !strings.HasPrefix(got, "Bearer ") || got == "Bearer "+access {
+					return errors.New("the provider did not receive a new bearer token")
+				}
+				return expectHeader(e, "authorization", got)
 			},
 		},
 		{
 			name: "POST a ticket with the API-key installation (templated host)", method: "POST", path: "/v1/tickets",
 			headers: merge(d.proxyHeaders("tickets"), map[string]string{"content-type": "application/json"}),
 			body:    `{"subject":"Printer on fire","priority":"high"}`, status: 200,
-			verifies: func(e map[string]any) error {
+			verifies: func(_ http.Header, e map[string]any) error {
 				if e["host"] != "acme-eu.sample.test" {
 					return fmt.Errorf("provider saw host %v", e["host"])
 				}
@@ -237,26 +288,120 @@ func (d *demo) run(ctx context.Context) error {
 			headers: d.proxyHeaders("archive"), status: 403,
 		},
 	}
-	for _, c := range calls {
+	for i, c := range calls {
 		fmt.Fprintf(d.out, "\n%s%s%s\n", bold, c.name, reset)
 		err := d.call(ctx, c.method, c.path, c.headers, c.body, c.status, c.verifies)
 		if err := d.check(c.name, err); err != nil {
 			return err
 		}
-	}
-
-	d.section("ampproxy's log: one line per proxied request, no secrets")
-	log, _ := os.ReadFile(filepath.Join(d.dir, "ampproxy.log"))
-	for _, line := range strings.Split(string(log), "\n") {
-		if strings.Contains(line, "msg=request") {
-			fmt.Fprintln(d.out, d.mask(line))
+		if i == 0 {
+			if err := d.showRefresh(crm.ID); err != nil {
+				return err
+			}
 		}
 	}
 
+	if err := d.throttle(ctx); err != nil {
+		return err
+	}
+
+	d.section("ampproxy's log: one line per proxied request and per token refresh, no secrets")
+	log, _ := os.ReadFile(filepath.Join(d.dir, "ampproxy.log"))
+	var refreshed, shortCircuited bool
+	for _, line := range strings.Split(string(log), "\n") {
+		isRefresh := strings.Contains(line, `msg="access token refreshed"`)
+		if isRefresh || strings.Contains(line, "msg=request") {
+			fmt.Fprintln(d.out, d.mask(line))
+		}
+		refreshed = refreshed || isRefresh
+		shortCircuited = shortCircuited || strings.Contains(line, "outcome=short-circuited")
+	}
+	var logErr error
+	if !refreshed || !shortCircuited {
+		logErr = fmt.Errorf("refresh logged: %v, short-circuit logged: %v", refreshed, shortCircuited)
+	}
+	if err := d.check("the log shows the refresh and the short-circuited request", logErr); err != nil {
+		return err
+	}
+
 	d.section("Summary")
-	fmt.Fprintf(d.out, "%s%d steps, all passed.%s The provider saw %d API requests: the ones ampproxy refused never left the data plane.\n",
-		green, len(d.steps), reset, p.TotalHits())
+	fmt.Fprintf(d.out, "%s%d steps, all passed.%s The provider saw %d API requests and %d refresh grant: the requests ampproxy refused or held back never left the data plane.\n",
+		green, len(d.steps), reset, p.TotalHits(), p.TokenGrants("refresh_token"))
 	return nil
+}
+
+// showRefresh proves the first OAuth2 call refreshed the token: the
+// provider's token endpoint saw exactly one refresh grant, and the admin
+// API now shows the connection working.
+func (d *demo) showRefresh(connID string) error {
+	n := d.provider.TokenGrants("refresh_token")
+	fmt.Fprintf(d.out, "the sample provider's token endpoint saw %d refresh_token grant(s)\n", n)
+	var err error
+	if n != 1 {
+		err = fmt.Errorf("%d refresh grants, want 1", n)
+	}
+	if err := d.check("exactly one refresh before the call went out", err); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "%s$ ampproxy admin connections get %s%s\n", dim, connID, reset)
+	var out bytes.Buffer
+	err = d.cli(io.MultiWriter(d.out, &out), "admin", "connections", "get", connID)
+	if err == nil && !regexp.MustCompile(`\bworking\b`).Match(out.Bytes()) {
+		err = errors.New("status is not working")
+	}
+	return d.check("the connection's status is now working", err)
+}
+
+// throttle shows throttle mode: the provider answers 429 with Retry-After;
+// ampproxy adds X-Amp-Retry-After and X-Amp-Retryable, then answers the
+// next throttle-mode request itself, which never reaches the provider.
+func (d *demo) throttle(ctx context.Context) error {
+	d.section("6. Throttle mode: a provider 429 locks the connection out")
+	const path = "/v1/tickets"
+	d.provider.SetRateLimit(path, http.StatusTooManyRequests, map[string]string{"Retry-After": "30"}, 1)
+	fmt.Fprintf(d.out, "the sample provider will answer the next %s with 429 and Retry-After: 30\n", path)
+	headers := merge(d.proxyHeaders("tickets"), map[string]string{"x-amp-rate-limiter-mode": "throttle"})
+	ampHeaders := func(h http.Header) error {
+		if _, err := time.Parse("Mon, 02 Jan 2006 15:04:05 UTC", h.Get("X-Amp-Retry-After")); err != nil {
+			return fmt.Errorf("X-Amp-Retry-After %q: %v", h.Get("X-Amp-Retry-After"), err)
+		}
+		if h.Get("X-Amp-Retryable") != "true" {
+			return fmt.Errorf("X-Amp-Retryable %q, want true", h.Get("X-Amp-Retryable"))
+		}
+		return nil
+	}
+
+	name := "the provider's 429 passes through, with X-Amp-Retry-After and X-Amp-Retryable added"
+	fmt.Fprintf(d.out, "\n%s%s%s\n", bold, name, reset)
+	err := d.call(ctx, "GET", path, headers, "", http.StatusTooManyRequests, func(h http.Header, e map[string]any) error {
+		if e["error"] != "rate_limited" {
+			return fmt.Errorf("body %v is not the provider's", e)
+		}
+		return ampHeaders(h)
+	})
+	if err := d.check(name, err); err != nil {
+		return err
+	}
+
+	hits := d.provider.Hits(path)
+	name = "the next throttle-mode request is answered 429 by ampproxy, not the provider"
+	fmt.Fprintf(d.out, "\n%s%s%s\n", bold, name, reset)
+	err = d.call(ctx, "GET", path, headers, "", http.StatusTooManyRequests, func(h http.Header, e map[string]any) error {
+		if ct := h.Get("Content-Type"); ct != "application/problem+json" {
+			return fmt.Errorf("content type %q, want application/problem+json", ct)
+		}
+		if h.Get("Retry-After") == "" {
+			return errors.New("no Retry-After")
+		}
+		return ampHeaders(h)
+	})
+	if err == nil {
+		fmt.Fprintf(d.out, "provider requests to %s: %d before, %d after\n", path, hits, d.provider.Hits(path))
+		if after := d.provider.Hits(path); after != hits {
+			err = fmt.Errorf("the provider's count moved from %d to %d", hits, after)
+		}
+	}
+	return d.check(name, err)
 }
 
 // randomSecret makes a demo credential; it is random so that the masking
@@ -302,7 +447,7 @@ func (d *demo) proxyHeaders(integration string) map[string]string {
 }
 
 // call sends one request through the data plane and prints it like curl -v.
-func (d *demo) call(ctx context.Context, method, path string, headers map[string]string, body string, status int, verify func(map[string]any) error) error {
+func (d *demo) call(ctx context.Context, method, path string, headers map[string]string, body string, status int, verify func(http.Header, map[string]any) error) error {
 	req, err := http.NewRequestWithContext(ctx, method, d.plane.URL()+path, strings.NewReader(body))
 	if err != nil {
 		return err
@@ -335,9 +480,9 @@ func (d *demo) call(ctx context.Context, method, path string, headers map[string
 	if verify != nil {
 		var e map[string]any
 		if err := json.Unmarshal(rb, &e); err != nil {
-			return fmt.Errorf("provider answer: %w", err)
+			return fmt.Errorf("answer: %w", err)
 		}
-		return verify(e)
+		return verify(resp.Header, e)
 	}
 	return nil
 }
@@ -387,7 +532,7 @@ const overrides = `providers:
     oauth2:
       grantType: authorizationCode
       authURL: https://api.sample.test/oauth/authorize
-      tokenURL: https://api.sample.test/oauth/token
+      tokenURL: TOKEN_URL
       authStyle: inParams
     proxy: true
   - name: sampleTickets
@@ -406,7 +551,10 @@ integrations:
   - {name: archive, displayName: Ticket archive, provider: sampleTickets}
 `
 
-func (d *demo) writeConfig(keySHA string) error {
+// writeConfig writes ampproxy.yaml, the manifest and the catalog override,
+// with tokenURL for sampleCRM and the project's OAuth2 app for it, whose
+// client secret is in a file beside the config.
+func (d *demo) writeConfig(keySHA, tokenURL, clientSecret string) error {
 	admin, err := freePort()
 	if err != nil {
 		return err
@@ -429,8 +577,14 @@ projects:
     apiKeys:
       - sha256: %s
     manifest: amp.yaml
-`, filepath.Join(d.dir, "extproc.sock"), admin, d.project, keySHA)
-	for name, body := range map[string]string{"ampproxy.yaml": cfg, "amp.yaml": manifest, "providers.local.yaml": overrides} {
+    providerApps:
+      sampleCRM:
+        clientID: demo-client
+        clientSecretFile: client-secret
+        redirectURL: http://%s/v1/oauth/callback
+`, filepath.Join(d.dir, "extproc.sock"), admin, d.project, keySHA, admin)
+	for name, body := range map[string]string{"ampproxy.yaml": cfg, "amp.yaml": manifest,
+		"providers.local.yaml": strings.Replace(overrides, "TOKEN_URL", tokenURL, 1), "client-secret": clientSecret} {
 		if err := os.WriteFile(filepath.Join(d.dir, name), []byte(body), 0o600); err != nil {
 			return err
 		}

@@ -28,6 +28,11 @@
 //     A delay_ms=N query parameter holds any answer back N milliseconds (at
 //     most 30 s), for tests of requests in flight.
 //
+// With [Options.PlainHTTP] every endpoint is also served over plain HTTP on
+// a second loopback port ([Server.HTTPAddr]). [Server.TokenGrants] counts
+// token requests by grant type, and [Server.SetRateLimit] makes API calls
+// answer 429 with the headers a test chooses (Retry-After, reset headers).
+//
 // # Caveats
 //
 //   - The echo repeats every request header, Authorization and X-Api-Key

@@ -170,6 +170,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (int, any) {
 		return http.StatusBadRequest, errorBody{Error: "invalid_request"}
 	}
 	form := r.PostForm
+	switch g := form.Get("grant_type"); g {
+	case "authorization_code", "refresh_token", "client_credentials":
+		s.mu.Lock()
+		s.grants[g]++
+		s.mu.Unlock()
+	}
 
 	// Client authentication: exactly one style (RFC 6749 §2.3.1). x/oauth2
 	// url-encodes the ID and secret before Basic-encoding them, as the RFC
@@ -190,6 +196,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (int, any) {
 
 	invalidGrant := errorBody{Error: "invalid_grant"}
 	instanceURL := "https://" + r.Host
+	if r.TLS == nil {
+		instanceURL = "http://" + r.Host // the PlainHTTP listener
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch form.Get("grant_type") {

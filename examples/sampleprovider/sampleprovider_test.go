@@ -348,6 +348,9 @@ func TestRefreshTokenRotation(t *testing.T) {
 			if got := s.TokenRequests(); got != 3 {
 				t.Errorf("TokenRequests = %d, want 3", got)
 			}
+			if got, other := s.TokenGrants("refresh_token"), s.TokenGrants("client_credentials"); got != 3 || other != 0 {
+				t.Errorf("TokenGrants: refresh_token %d, client_credentials %d; want 3 and 0", got, other)
+			}
 		})
 	}
 }
@@ -895,5 +898,50 @@ func TestCloseIsIdempotent(t *testing.T) {
 	s.Close()
 	if _, err := net.DialTimeout("tcp", s.Addr(), time.Second); err == nil {
 		t.Error("still listening after Close")
+	}
+}
+
+// With PlainHTTP the same endpoints answer over plain HTTP on a second
+// loopback port, and Close stops both listeners.
+func TestPlainHTTP(t *testing.T) {
+	s, _ := start(t, nil)
+	if s.HTTPAddr() != "" {
+		t.Errorf("HTTPAddr = %q without PlainHTTP", s.HTTPAddr())
+	}
+	s, _ = start(t, func(o *Options) { o.PlainHTTP = true })
+	if s.HTTPAddr() == "" || s.HTTPAddr() == s.Addr() {
+		t.Fatalf("HTTPAddr = %q, Addr = %q", s.HTTPAddr(), s.Addr())
+	}
+	_, refresh := s.IssueTokens(0)
+	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh},
+		"client_id": {testClientID}, "client_secret": {testClientSecret}}
+	resp, body := do(t, http.DefaultClient, func() *http.Request {
+		req := newRequest(t, http.MethodPost, "http://"+s.HTTPAddr()+"/oauth/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		return req
+	}())
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("refresh over plain HTTP: %d %s", resp.StatusCode, body)
+	}
+	if m["instance_url"] != "http://"+s.HTTPAddr() {
+		t.Errorf("instance_url = %v, want the plain-HTTP origin", m["instance_url"])
+	}
+	if s.TokenGrants("refresh_token") != 1 {
+		t.Errorf("TokenGrants(refresh_token) = %d, want 1", s.TokenGrants("refresh_token"))
+	}
+	req := newRequest(t, http.MethodGet, "http://"+s.HTTPAddr()+"/v1/me", nil)
+	req.Header.Set("Authorization", "Bearer "+m["access_token"].(string))
+	if resp, body := do(t, http.DefaultClient, req); resp.StatusCode != http.StatusOK {
+		t.Errorf("API over plain HTTP: %d %s", resp.StatusCode, body)
+	}
+	http.DefaultClient.CloseIdleConnections()
+
+	s.Close()
+	for _, addr := range []string{s.Addr(), s.HTTPAddr()} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after Close", addr)
+		}
 	}
 }

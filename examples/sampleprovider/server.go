@@ -67,6 +67,13 @@ type Options struct {
 	// OAuth2 server) open the API too.
 	ExternalTokens func(token string) bool
 
+	// PlainHTTP also serves every endpoint over plain HTTP on another
+	// loopback port ([Server.HTTPAddr]), for a process that cannot be handed
+	// the certificate authority: ampproxy's catalog accepts an http token
+	// URL on a loopback address, so a demo's ampproxy can refresh tokens
+	// here without trusting the demo's CA.
+	PlainHTTP bool
+
 	// Logger receives one debug record per request (method, path, status,
 	// auth mode; never a credential) and the HTTP server's errors. Nil
 	// discards everything.
@@ -90,6 +97,9 @@ type Server struct {
 	srv                    *http.Server
 	transport              *http.Transport
 	served                 chan struct{} // closed when Serve returns
+	httpAddr               string        // with PlainHTTP
+	httpSrv                *http.Server  // with PlainHTTP
+	httpServed             chan struct{} // with PlainHTTP: closed when its Serve returns
 	closeOnce              sync.Once
 	tokenRequests          atomic.Int64
 	mu                     sync.Mutex
@@ -97,6 +107,7 @@ type Server struct {
 	refresh                map[string]struct{}
 	codes                  map[string]authCode
 	limits                 map[string]*rateLimit
+	grants                 map[string]int64 // token requests by grant_type
 	hits                   map[string]int64
 	total                  int64
 	last                   *Seen
@@ -147,6 +158,7 @@ func Start(opts Options) (*Server, error) {
 		refresh:         map[string]struct{}{},
 		codes:           map[string]authCode{},
 		limits:          map[string]*rateLimit{},
+		grants:          map[string]int64{},
 		hits:            map[string]int64{},
 	}
 	if s.ttl == 0 {
@@ -172,6 +184,14 @@ func Start(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("sampleprovider: listen: %w", err)
 	}
 	s.addr = ln.Addr().String()
+	var plainLn net.Listener
+	if opts.PlainHTTP {
+		if plainLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("sampleprovider: listen (plain HTTP): %w", err)
+		}
+		s.httpAddr = plainLn.Addr().String()
+	}
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -199,6 +219,20 @@ func Start(opts Options) (*Server, error) {
 			s.log.Error("sampleprovider: serve", "err", err)
 		}
 	}()
+	if plainLn != nil {
+		s.httpSrv = &http.Server{
+			Handler:           s.srv.Handler,
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          s.srv.ErrorLog,
+		}
+		s.httpServed = make(chan struct{})
+		go func() {
+			defer close(s.httpServed)
+			if err := s.httpSrv.Serve(plainLn); !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("sampleprovider: serve plain HTTP", "err", err)
+			}
+		}()
+	}
 	return s, nil
 }
 
@@ -270,6 +304,10 @@ func serial() *big.Int {
 // Addr is the listening address, 127.0.0.1:port.
 func (s *Server) Addr() string { return s.addr }
 
+// HTTPAddr is the plain-HTTP listening address, 127.0.0.1:port, or ""
+// without [Options.PlainHTTP].
+func (s *Server) HTTPAddr() string { return s.httpAddr }
+
 // CACertPool returns a pool holding only the server's certificate authority.
 // Each call returns a new pool.
 func (s *Server) CACertPool() *x509.CertPool { return s.caPool.Clone() }
@@ -296,6 +334,12 @@ func (s *Server) Close() {
 			_ = s.srv.Close()
 		}
 		<-s.served
+		if s.httpSrv != nil {
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				_ = s.httpSrv.Close()
+			}
+			<-s.httpServed
+		}
 	})
 }
 
@@ -372,6 +416,16 @@ func (s *Server) takeRateLimit(path string) (rateLimit, bool) {
 // TokenRequests returns how many requests reached /oauth/token, whatever
 // their outcome.
 func (s *Server) TokenRequests() int64 { return s.tokenRequests.Load() }
+
+// TokenGrants returns how many requests to /oauth/token asked for
+// grantType ("authorization_code", "refresh_token", "client_credentials"),
+// whatever their outcome, so that a test or demo can tell refreshes from
+// other token requests.
+func (s *Server) TokenGrants(grantType string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.grants[grantType]
+}
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()

@@ -36,10 +36,36 @@ func (k planeKind) String() string {
 	return "envoytest"
 }
 
-// TestRealEnvoyPresence says plainly when the real-envoy half is skipped.
+// TestRealEnvoyPresence says plainly when the real-envoy half is skipped
+// (TestMain also prints it, for runs without -v).
 func TestRealEnvoyPresence(t *testing.T) {
 	if envoyPath() == "" {
-		t.Skip("no envoy binary on PATH: the suite ran against envoy/envoytest only")
+		t.Skip(envoyNote())
+	}
+}
+
+func TestParseEnvoyVersion(t *testing.T) {
+	for _, tc := range []struct {
+		out   string
+		v     [3]int
+		ok    bool
+		older bool
+	}{
+		{"\nenvoy  version: 6b9db09c69965d5bfb37bdd29693f8b7f9e9e9ec/1.32.1/Clean/RELEASE/BoringSSL\n", [3]int{1, 32, 1}, true, false},
+		{"envoy  version: 0fc7/1.35.0/Clean/RELEASE/BoringSSL-FIPS", [3]int{1, 35, 0}, true, false},
+		{"envoy  version: 0fc7/1.36.0-dev/Modified/DEBUG/BoringSSL", [3]int{1, 36, 0}, true, false},
+		{"envoy  version: 0fc7/1.31.9/Clean/RELEASE/BoringSSL", [3]int{1, 31, 9}, true, true},
+		{"envoy  version: 0fc7/1.9.0/Clean/RELEASE/BoringSSL", [3]int{1, 9, 0}, true, true},
+		{"envoy  version: 0fc7/2.0.0/Clean/RELEASE/BoringSSL", [3]int{2, 0, 0}, true, false},
+		{"envoy: unknown flag", [3]int{}, false, false},
+	} {
+		v, ok := parseEnvoyVersion(tc.out)
+		if v != tc.v || ok != tc.ok {
+			t.Errorf("%q: %v %v, want %v %v", tc.out, v, ok, tc.v, tc.ok)
+		}
+		if ok && olderThan(v, minEnvoy) != tc.older {
+			t.Errorf("%v older than %v: %v, want %v", v, minEnvoy, !tc.older, tc.older)
+		}
 	}
 }
 
@@ -347,17 +373,21 @@ func TestRestartKeepsAdminData(t *testing.T) {
 // TestAmpproxyKilled: with ampproxy gone the data plane fails closed: the
 // caller gets 500 and nothing reaches the provider.
 func TestAmpproxyKilled(t *testing.T) {
-	e := newEnv(t, planeEnvoytest)
-	e.setup()
-	e.forward(call{path: "/v1/contacts", headers: proxyHeaders("key", "acme")})
-	e.amp.stop(syscall.SIGKILL)
-	before := e.provider.TotalHits()
-	resp, body := e.do(call{path: "/v1/contacts", headers: proxyHeaders("key", "acme")})
-	if resp.StatusCode != 500 {
-		t.Errorf("status %d: %s", resp.StatusCode, body)
-	}
-	if e.provider.TotalHits() != before {
-		t.Error("a request reached the provider while ampproxy was down")
+	for _, kind := range planes(t) {
+		t.Run(kind.String(), func(t *testing.T) {
+			e := newEnv(t, kind)
+			e.setup()
+			e.forward(call{path: "/v1/contacts", headers: proxyHeaders("key", "acme")})
+			e.amp.stop(syscall.SIGKILL)
+			before := e.provider.TotalHits()
+			resp, body := e.do(call{path: "/v1/contacts", headers: proxyHeaders("key", "acme")})
+			if resp.StatusCode != 500 {
+				t.Errorf("status %d: %s", resp.StatusCode, body)
+			}
+			if e.provider.TotalHits() != before {
+				t.Error("a request reached the provider while ampproxy was down")
+			}
+		})
 	}
 }
 

@@ -56,6 +56,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building ampproxy:", err)
 		return 1
 	}
+	reportRealEnvoy()
 	return m.Run()
 }
 

@@ -36,7 +36,7 @@ func BenchmarkCheck(b *testing.B) {
 	ids := connIDs(open)
 	tab := newTable(b, Options{})
 	for _, id := range ids {
-		if _, err := tab.Observe429(id, "hubspot", nil, catalog.RateLimit{}, t0); err != nil {
+		if _, err := tab.Observe429(bg, id, "hubspot", nil, catalog.RateLimit{}, t0); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -90,7 +90,7 @@ func BenchmarkObserve429(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				id := ids[next.Add(1)%int64(len(ids))]
-				if _, err := tab.Observe429(id, "github", h, rl, t0); err != nil {
+				if _, err := tab.Observe429(bg, id, "github", h, rl, t0); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -111,7 +111,7 @@ func BenchmarkObserve429(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				id := ids[next.Add(1)%int64(len(ids))]
-				if _, err := tab.Observe429(id, "github", h, rl, t0); err != nil {
+				if _, err := tab.Observe429(bg, id, "github", h, rl, t0); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -136,7 +136,7 @@ func BenchmarkMemoryPerWindow(b *testing.B) {
 		before := heapInUse()
 		tab := newTable(b, Options{})
 		for i, id := range ids {
-			if _, err := tab.Observe429(id, providers[i%len(providers)], nil, catalog.RateLimit{}, t0); err != nil {
+			if _, err := tab.Observe429(bg, id, providers[i%len(providers)], nil, catalog.RateLimit{}, t0); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -165,7 +165,7 @@ func heapInUse() int64 {
 func BenchmarkSweep(b *testing.B) {
 	tab := newTable(b, Options{})
 	for i := range 1_000_000 {
-		if _, err := tab.Observe429(fmt.Sprintf("%08x-0000-4000-8000-000000000000", i), "p", nil, catalog.RateLimit{}, t0); err != nil {
+		if _, err := tab.Observe429(bg, fmt.Sprintf("%08x-0000-4000-8000-000000000000", i), "p", nil, catalog.RateLimit{}, t0); err != nil {
 			b.Fatal(err)
 		}
 	}

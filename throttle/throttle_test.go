@@ -995,6 +995,14 @@ func TestCatalogFacts(t *testing.T) {
 		{"pipedrive", Pairs{{"x-ratelimit-reset", "2"}}, 2 * time.Second},
 		{"discord", Pairs{{"x-ratelimit-reset", epoch(time.Second) + ".5"}, {"x-ratelimit-reset-after", "1.25"}}, 1500 * time.Millisecond},
 		{"sentry", Pairs{{"x-sentry-rate-limit-reset", epoch(30 * time.Second)}}, 30 * time.Second},
+		{"calendly", Pairs{{"x-ratelimit-reset", "60"}}, time.Minute},
+		// A secondary-limit 429: the primary bucket has room.
+		{"github", Pairs{{"retry-after", "60"}, {"x-ratelimit-remaining", "4999"}, {"x-ratelimit-reset", epoch(50 * time.Minute)}}, time.Minute},
+		// The per-minute user limit, not the monthly org quota.
+		{"affinity", Pairs{{"x-ratelimit-limit-user-remaining", "0"}, {"x-ratelimit-limit-user-reset", "35"},
+			{"x-ratelimit-limit-org-remaining", "90000"}, {"x-ratelimit-limit-org-reset", "2000000"}}, 35 * time.Second},
+		{"exactOnline", Pairs{{"x-ratelimit-minutely-remaining", "0"}, {"x-ratelimit-minutely-reset", epoch(40*time.Second) + "000"},
+			{"x-ratelimit-remaining", "4980"}, {"x-ratelimit-reset", epoch(14*time.Hour) + "000"}}, 40 * time.Second},
 	}
 	for _, tt := range tests {
 		p, ok := cat.Provider(tt.provider)

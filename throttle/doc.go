@@ -107,7 +107,8 @@
 //   - Observe429 waits for a disk commit on the response path. On a
 //     healthy disk that is one fsync shared by the batch; on a hung disk
 //     it holds the provider's 429 until Envoy's message timeout turns it
-//     into a 504 and ends the stream, whose context ends the wait. The
+//     into a 504 and resets the gRPC stream (its ext_proc client closes
+//     and then resets the stream), whose context ends the wait. The
 //     window then applies in memory only until the late commit. Without
 //     Run the commit is synchronous and ignores the context.
 //   - The remaining/reset pairing relies on the provider's naming; a

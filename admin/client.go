@@ -81,12 +81,14 @@ func (c *Client) ListConnections(ctx context.Context, f ConnectionFilter, pageSi
 	return out.Items, out.NextPageToken, nil
 }
 
-// GetConnection returns one connection.
-func (c *Client) GetConnection(ctx context.Context, id string) (*tokens.Connection, error) {
+// GetConnection returns one connection as the server shows it: with the
+// end of its lockout window (RateLimitedUntil, Retryable) while throttle
+// mode holds it back.
+func (c *Client) GetConnection(ctx context.Context, id string) (*ConnectionView, error) {
 	if id == "" {
 		return nil, errors.New("admin: connection ID is required")
 	}
-	var out tokens.Connection
+	out := ConnectionView{Connection: &tokens.Connection{}}
 	if err := c.do(ctx, http.MethodGet, c.projectPath("connections", id), nil, nil, http.StatusOK, &out); err != nil {
 		return nil, err
 	}

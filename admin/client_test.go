@@ -5,11 +5,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ampproxy/ampproxy/throttle"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -266,5 +270,71 @@ func TestClientColonPath(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 201 {
 		t.Fatalf("escaped colon: status %d", resp.StatusCode)
+	}
+}
+
+// fakeLocks reports fixed windows, as throttle.Table.Check would.
+type fakeLocks map[string]throttle.Window
+
+func (f fakeLocks) Check(connID string, now time.Time) (throttle.Window, bool) {
+	w, ok := f[connID]
+	return w, ok && now.Before(w.Until)
+}
+
+// TestConnectionView: GET …/connections/{id} carries rateLimitedUntil and
+// retryable while the connection's window is open, and neither once it is
+// closed; the client returns them, and the raw JSON omits them.
+func TestConnectionView(t *testing.T) {
+	e := newEnv(t)
+	open := e.generate(keyConn("g-open"))
+	locked := e.generate(keyConn("g-locked"))
+	closed := e.generate(keyConn("g-closed"))
+	never := e.generate(keyConn("g-never"))
+	now := e.clock.Now()
+	locks := fakeLocks{
+		open.ID:   {ConnectionID: open.ID, Provider: "testKey", Until: now.Add(90 * time.Second), Retryable: true},
+		locked.ID: {ConnectionID: locked.ID, Provider: "testKey", Until: now.Add(24 * time.Hour), Retryable: false},
+		closed.ID: {ConnectionID: closed.ID, Provider: "testKey", Until: now.Add(-time.Second), Retryable: true},
+	}
+	e.h = New(Options{Store: e.store, Config: e.cfg.Load, Logger: slog.New(slog.DiscardHandler), Now: e.clock.Now, Lockouts: locks})
+	c, _ := e.serve(keyP1)
+
+	for _, tc := range []struct {
+		name      string
+		id        string
+		until     time.Time // zero: no window
+		retryable bool
+	}{
+		{"open, retryable", open.ID, now.Add(90 * time.Second), true},
+		{"open, not retryable", locked.ID, now.Add(24 * time.Hour), false},
+		{"expired", closed.ID, time.Time{}, false},
+		{"never locked", never.ID, time.Time{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := c.GetConnection(context.Background(), tc.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Connection == nil || v.ID != tc.id || v.Provider != "testKey" {
+				t.Fatalf("connection %+v", v.Connection)
+			}
+			raw := e.do("GET", "/v1/projects/p1/connections/"+tc.id, keyP1, "").Body.String()
+			if tc.until.IsZero() {
+				if v.RateLimitedUntil != nil || v.Retryable != nil {
+					t.Errorf("closed window shown: until %v, retryable %v", v.RateLimitedUntil, v.Retryable)
+				}
+				if strings.Contains(raw, "rateLimitedUntil") || strings.Contains(raw, "retryable") {
+					t.Errorf("closed window in the JSON: %s", raw)
+				}
+				return
+			}
+			if v.RateLimitedUntil == nil || !v.RateLimitedUntil.Equal(tc.until) || v.Retryable == nil || *v.Retryable != tc.retryable {
+				t.Errorf("view until %v retryable %v, want %s %t", v.RateLimitedUntil, v.Retryable, tc.until, tc.retryable)
+			}
+			want := `"rateLimitedUntil":"` + tc.until.Format(time.RFC3339) + `"`
+			if !strings.Contains(raw, want) || !strings.Contains(raw, `"retryable":`+strconv.FormatBool(tc.retryable)) {
+				t.Errorf("JSON %s lacks %s and retryable %t", raw, want, tc.retryable)
+			}
+		})
 	}
 }

@@ -145,7 +145,8 @@ type ConnectionFilter = tokens.ConnectionFilter
 
 // ConnectionView is GET …/connections/{id}: the connection and, while
 // the provider has it locked out (throttle mode, DESIGN §3), when the
-// window ends and whether retrying then will help.
+// window ends and whether retrying then will help. Both fields are absent
+// (nil) when no window is open.
 type ConnectionView struct {
 	*tokens.Connection
 	RateLimitedUntil *time.Time `json:"rateLimitedUntil,omitempty"`

@@ -43,7 +43,28 @@
 // used when a connection gives no value, and a list of allowed values,
 // outside which a connection is refused. Reset headers are epochSeconds,
 // epochMillis or deltaSeconds; Retry-After is read for every provider and
-// is not listed.
+// is not listed. Each embedded reset header carries a comment with the
+// provider's documentation it was checked against; a provider whose reset
+// header could not be confirmed lists none (Retry-After and the default
+// window then apply).
+//
+// A provider may list the reset headers of several buckets (Exact
+// Online's minutely and daily limits, Affinity's per-minute and monthly
+// ones). On a 429, a reset header whose name contains "reset" is ignored
+// when the response also carries the matching remaining header (the name
+// with "reset" replaced by "remaining", case-insensitively) above zero:
+// that bucket was not the one exhausted. The pairing needs no field of
+// its own; it follows the providers' naming, so list each bucket's reset
+// header under the name the provider gives it.
+//
+// lockoutMarkers name response headers whose presence means the token or
+// app itself is locked out (the 429 is then reported not retryable). The
+// embedded catalog lists none: the providers checked either say which
+// limit was hit in a header's value (Xero's X-Rate-Limit-Problem: day),
+// which a marker cannot express, or use another status for an exhausted
+// quota (Toggl's 402), which throttle mode does not observe. An operator
+// who knows such a header for a provider adds it in an override entry.
+//
 // Only providers with proxy: true can be proxied.
 //
 // # Caveats

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -9,6 +10,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/ampproxy/ampproxy/catalog"
+	"github.com/ampproxy/ampproxy/throttle"
 )
 
 var respHeaders = &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
@@ -31,6 +35,52 @@ func BenchmarkHandlers(b *testing.B) {
 					b.Fatal(r)
 				}
 				h.srv.responseHeaders(st, respHeaders)
+				h.srv.logRequest(st)
+			}
+		})
+	}
+}
+
+// BenchmarkHandlersThrottle measures ampproxy's own work for a
+// throttle-mode request with a real throttle.Table holding 10,000 windows
+// of other connections: "unlocked" is forwarded and its response phase
+// runs (Check finds no window for its connection; compare with
+// BenchmarkHandlers/key-int, the same request without the header, which
+// skips Check); "locked" is answered 429 by ampproxy in the request phase
+// (Check finds one), the problem+json body and headers included.
+func BenchmarkHandlersThrottle(b *testing.B) {
+	for _, c := range []struct {
+		name   string
+		locked bool
+	}{{"unlocked", false}, {"locked", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			tab, err := throttle.New(throttle.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := range 10_000 {
+				if _, err := tab.Observe429(context.Background(), fmt.Sprint("other-", i), "testKey", nil, catalog.RateLimit{}, now); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if c.locked {
+				if _, err := tab.Observe429(context.Background(), "c-key", "testKey", nil, catalog.RateLimit{}, now); err != nil {
+					b.Fatal(err)
+				}
+			}
+			h := newHarnessWith(b, Options{Store: newFixture(), Lockouts: tab})
+			h.srv.log = discardLogger
+			req := &extprocv3.HttpHeaders{Headers: envoyHeaders("/v1/items", proxyHeaders("key-int", "g1", "x-amp-rate-limiter-mode", "throttle")...), EndOfStream: true}
+			b.ReportAllocs()
+			for b.Loop() {
+				st := &stream{ctx: context.Background()}
+				r := h.srv.requestHeaders(st, req)
+				if got := r.GetImmediateResponse() != nil; got != c.locked {
+					b.Fatalf("short-circuited = %t, want %t", got, c.locked)
+				}
+				if !c.locked {
+					h.srv.responseHeaders(st, respHeaders)
+				}
 				h.srv.logRequest(st)
 			}
 		})

@@ -86,9 +86,10 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 	// here and the request never reaches the provider (DESIGN §3). One
 	// lock-free map read; requests without the header skip it.
 	if st.throttle && s.locks != nil {
-		if w, open := s.locks.Check(conn.ID, s.now()); open {
+		now := s.now()
+		if w, open := s.locks.Check(conn.ID, now); open {
 			s.met.ShortCircuited(prov.Name)
-			return nil, lockedOut(w, s.now())
+			return nil, lockedOut(w, now)
 		}
 	}
 
@@ -244,9 +245,10 @@ func (s *Server) accessToken(st *stream, conn *tokens.Connection) (string, *Prob
 	}
 }
 
-// observe429 records the provider's 429 for the connection (durably,
-// before this answer leaves) and adds X-Amp-Retry-After and
-// X-Amp-Retryable to the response.
+// observe429 records the provider's 429 for the connection (durably
+// before this answer leaves, unless the store fails; see the throttle
+// package's Durability) and adds X-Amp-Retry-After and X-Amp-Retryable to
+// the response.
 func (s *Server) observe429(st *stream, hm *corev3.HeaderMap) *extprocv3.ProcessingResponse {
 	get := throttle.HeaderFunc(func(name string) (string, bool) {
 		for _, hv := range hm.GetHeaders() {
@@ -259,11 +261,13 @@ func (s *Server) observe429(st *stream, hm *corev3.HeaderMap) *extprocv3.Process
 		}
 		return "", false
 	})
-	w, err := s.locks.Observe429(st.conn.ID, st.provider.Name, get, st.provider.RateLimit, s.now())
+	// The stream's context ends the wait for the disk when Envoy gives up
+	// on the stream; the window is committed all the same.
+	w, err := s.locks.Observe429(st.ctx, st.conn.ID, st.provider.Name, get, st.provider.RateLimit, s.now())
 	if err != nil {
-		// The window applies in memory all the same; only its
-		// persistence failed.
-		s.log.Error("lockout window not persisted", "connection", st.conn.ID, "err", err)
+		// The window applies in memory all the same, and the table retries
+		// its persistence.
+		s.log.Error("lockout window not persisted yet", "connection", st.conn.ID, "err", err)
 	}
 	return &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{

@@ -46,7 +46,9 @@ type Tokens interface {
 // phase of every provider 429.
 type Lockouts interface {
 	Check(connID string, now time.Time) (throttle.Window, bool)
-	Observe429(connID, provider string, h throttle.Headers, rl catalog.RateLimit, now time.Time) (throttle.Window, error)
+	// Observe429 returns once the window is durable or ctx (the stream's)
+	// has ended, whichever comes first.
+	Observe429(ctx context.Context, connID, provider string, h throttle.Headers, rl catalog.RateLimit, now time.Time) (throttle.Window, error)
 }
 
 // Options configure a Server. Store and Config are required.

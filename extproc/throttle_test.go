@@ -1,6 +1,8 @@
 package extproc
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +25,9 @@ type fakeLockouts struct {
 	observed []observation
 	next     throttle.Window // what Observe429 answers
 	err      error
+	// hang, when set, makes Observe429 wait for its context, as a commit
+	// to a hung disk does, and then close hang.
+	hang chan struct{}
 }
 
 type observation struct {
@@ -42,7 +47,12 @@ func (f *fakeLockouts) Check(connID string, now time.Time) (throttle.Window, boo
 	return w, ok && now.Before(w.Until)
 }
 
-func (f *fakeLockouts) Observe429(connID, provider string, h throttle.Headers, rl catalog.RateLimit, now time.Time) (throttle.Window, error) {
+func (f *fakeLockouts) Observe429(ctx context.Context, connID, provider string, h throttle.Headers, rl catalog.RateLimit, now time.Time) (throttle.Window, error) {
+	if f.hang != nil {
+		<-ctx.Done()
+		close(f.hang)
+		return throttle.Window{}, throttle.ErrCommitPending
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ra, _ := h.Get("retry-after")
@@ -228,5 +238,42 @@ func TestThrottleObserve429(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestThrottleObserve429StreamEnds: Observe429 waits with the stream's
+// context, so a 429 whose commit hangs (a stuck disk) frees its goroutine
+// once Envoy gives up on the stream, instead of waiting for ever.
+func TestThrottleObserve429StreamEnds(t *testing.T) {
+	fl := &fakeLockouts{hang: make(chan struct{})}
+	h := newHarnessWith(t, Options{Store: newFixture(), Lockouts: fl})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := h.cli.Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(r *extprocv3.ProcessingRequest) {
+		t.Helper()
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
+		Headers: envoyHeaders("/x", proxyHeaders("key-int", "g1")...), EndOfStream: true}}})
+	if r, err := st.Recv(); err != nil || r.GetRequestHeaders() == nil {
+		t.Fatalf("request phase: %v %v", r, err)
+	}
+	send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte("429")}}}}}})
+	// Envoy's message timeout: it resets the stream without an answer.
+	cancel()
+	select {
+	case <-fl.hang:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Observe429 still waits after the stream ended")
+	}
+	if _, err := st.Recv(); err == nil || !errors.Is(ctx.Err(), context.Canceled) {
+		t.Errorf("stream after cancel: %v", err)
 	}
 }

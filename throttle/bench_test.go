@@ -2,9 +2,11 @@ package throttle
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,7 +38,7 @@ func BenchmarkCheck(b *testing.B) {
 	ids := connIDs(open)
 	tab := newTable(b, Options{})
 	for _, id := range ids {
-		if _, err := tab.Observe429(id, "hubspot", nil, catalog.RateLimit{}, t0); err != nil {
+		if _, err := tab.Observe429(bg, id, "hubspot", nil, catalog.RateLimit{}, t0); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -90,7 +92,7 @@ func BenchmarkObserve429(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				id := ids[next.Add(1)%int64(len(ids))]
-				if _, err := tab.Observe429(id, "github", h, rl, t0); err != nil {
+				if _, err := tab.Observe429(bg, id, "github", h, rl, t0); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -111,7 +113,7 @@ func BenchmarkObserve429(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				id := ids[next.Add(1)%int64(len(ids))]
-				if _, err := tab.Observe429(id, "github", h, rl, t0); err != nil {
+				if _, err := tab.Observe429(bg, id, "github", h, rl, t0); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -120,33 +122,48 @@ func BenchmarkObserve429(b *testing.B) {
 	})
 }
 
-// BenchmarkMemoryPerWindow opens windows for a million distinct
-// connections and reports the heap they take (the ID strings, which the
-// table shares with the store, are allocated beforehand and not counted),
-// then what is left once they have all expired and been swept.
+var benchWindows = flag.Int("windows", 100_000, "windows BenchmarkMemoryPerWindow opens before it measures the heap")
+
+// BenchmarkMemoryPerWindow opens windows for -windows distinct connections
+// (100,000 by default) and reports the heap they take per window (the ID
+// strings, which the table shares with the store, are allocated beforehand
+// and not counted), then what is left once they, and the ones the loop
+// added, have all expired and been swept. The timed loop opens one more
+// window per iteration, on a table that already holds them all (making
+// its ID included). For the figure with a million connections locked at
+// once:
+//
+//	go test -run '^$' -bench MemoryPerWindow ./throttle/ -args -windows 1000000
 func BenchmarkMemoryPerWindow(b *testing.B) {
-	const n = 1_000_000
+	n := *benchWindows
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%08x-0000-4000-8000-000000000000", i)
 	}
 	providers := []string{"hubspot", "salesforce", "slack", "zendeskSupport"}
-	var perWindow, afterSweep float64
-	for range b.N {
-		before := heapInUse()
-		tab := newTable(b, Options{})
-		for i, id := range ids {
-			if _, err := tab.Observe429(id, providers[i%len(providers)], nil, catalog.RateLimit{}, t0); err != nil {
-				b.Fatal(err)
-			}
+	before := heapInUse()
+	tab := newTable(b, Options{})
+	for i, id := range ids {
+		if _, err := tab.Observe429(bg, id, providers[i%len(providers)], nil, catalog.RateLimit{}, t0); err != nil {
+			b.Fatal(err)
 		}
-		perWindow = float64(heapInUse()-before) / n
-		if dropped := tab.sweep(t0.Add(time.Hour)); len(dropped) != n || tab.Open() != 0 {
-			b.Fatalf("sweep dropped %d, left %d", len(dropped), tab.Open())
-		}
-		afterSweep = float64(heapInUse() - before)
-		runtime.KeepAlive(tab)
 	}
+	perWindow := float64(heapInUse()-before) / float64(n)
+
+	i := n
+	for b.Loop() {
+		if _, err := tab.Observe429(bg, "loop-"+strconv.Itoa(i), providers[i%len(providers)], nil, catalog.RateLimit{}, t0); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+
+	if dropped := tab.sweep(t0.Add(time.Hour)); len(dropped) != i || tab.Open() != 0 {
+		b.Fatalf("sweep dropped %d of %d, left %d", len(dropped), i, tab.Open())
+	}
+	afterSweep := float64(heapInUse() - before)
+	runtime.KeepAlive(tab)
+	runtime.KeepAlive(ids)
 	b.ReportMetric(perWindow, "B/window")
 	b.ReportMetric(afterSweep, "B-after-sweep")
 }
@@ -165,7 +182,7 @@ func heapInUse() int64 {
 func BenchmarkSweep(b *testing.B) {
 	tab := newTable(b, Options{})
 	for i := range 1_000_000 {
-		if _, err := tab.Observe429(fmt.Sprintf("%08x-0000-4000-8000-000000000000", i), "p", nil, catalog.RateLimit{}, t0); err != nil {
+		if _, err := tab.Observe429(bg, fmt.Sprintf("%08x-0000-4000-8000-000000000000", i), "p", nil, catalog.RateLimit{}, t0); err != nil {
 			b.Fatal(err)
 		}
 	}

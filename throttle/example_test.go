@@ -24,7 +24,7 @@ func Example() {
 	rl := catalog.RateLimit{ResetHeaders: []catalog.ResetHeader{{Name: "x-ratelimit-reset", Format: catalog.ResetEpochSeconds}}}
 
 	// Response phase: the provider answered 429.
-	w, err := tab.Observe429("conn-1", "github", throttle.Pairs{{"retry-after", "3"}}, rl, now)
+	w, err := tab.Observe429(ctx, "conn-1", "github", throttle.Pairs{{"retry-after", "3"}}, rl, now)
 	if err != nil {
 		fmt.Println("not persisted:", err) // the window applies all the same
 	}

@@ -64,6 +64,12 @@ func ceilSecond(t time.Time) time.Time {
 	return t.Truncate(time.Second).Add(time.Second)
 }
 
+// MinWindow is the shortest window a Retry-After opens. A provider that
+// says "retry now" (Retry-After: 0, or an HTTP-date not after the 429)
+// gave a usable hint, not none: it gets this window rather than the
+// default one, and so does a fraction of a second.
+const MinWindow = time.Second
+
 // windowEnd decides when the window opened by a 429 with headers h ends,
 // and whether the caller may retry after it; see the package comment for
 // the rules. def must not exceed maxWin.
@@ -75,12 +81,23 @@ func windowEnd(h Headers, rl catalog.RateLimit, now time.Time, def, maxWin time.
 	}
 	if h != nil {
 		if v, ok := h.Get("retry-after"); ok {
-			consider(parseRetryAfter(v, now))
+			t, ok := parseRetryAfter(v, now)
+			if ok && t.Before(now.Add(MinWindow)) {
+				t = now.Add(MinWindow)
+			}
+			consider(t, ok)
 		}
 		for _, rh := range rl.ResetHeaders {
-			if v, ok := h.Get(strings.ToLower(rh.Name)); ok {
-				consider(parseReset(v, rh.Format, now))
+			name := strings.ToLower(rh.Name)
+			v, ok := h.Get(name)
+			if !ok {
+				continue
 			}
+			t, ok := parseReset(v, rh.Format, now)
+			if ok && t.After(end) && otherBucket(h, name) {
+				continue
+			}
+			consider(t, ok)
 		}
 	}
 	retryable = true
@@ -101,16 +118,52 @@ func windowEnd(h Headers, rl catalog.RateLimit, now time.Time, def, maxWin time.
 	return end, retryable
 }
 
+// otherBucket reports whether the reset header named resetName (lower
+// case) belongs to a bucket the 429 did not exhaust: its name contains
+// "reset" and the response also carries the matching remaining header
+// (the name with "reset" replaced by "remaining") with a value above
+// zero. Providers send the reset headers of several buckets on every
+// response (GitHub's primary limit beside a secondary-limit 429, Exact
+// Online's daily limit beside its minutely one); without this, the
+// longest bucket's reset would lock the connection out. It runs only for
+// a reset hint that would lengthen the window, so it allocates the
+// remaining header's name at most once per such header of a 429.
+func otherBucket(h Headers, resetName string) bool {
+	if !strings.Contains(resetName, "reset") {
+		return false
+	}
+	v, ok := h.Get(strings.ReplaceAll(resetName, "reset", "remaining"))
+	if !ok {
+		return false
+	}
+	whole, nanos, ok := parseDecimal(strings.TrimSpace(v))
+	return ok && (whole > 0 || nanos > 0)
+}
+
+// httpDateLayouts are the HTTP-dates Retry-After is read in beyond the
+// three of RFC 9110 (net/http.ParseTime): senders that write the zone as
+// UTC (as X-Amp-Retry-After itself does) or as a numeric offset.
+var httpDateLayouts = [...]string{RetryAfterLayout, time.RFC1123Z}
+
 // parseRetryAfter reads Retry-After (RFC 9110 §10.2.3): delta-seconds, or
-// an HTTP-date in any of the three formats HTTP allows. A fraction of a
-// second is accepted in the delta form, which some providers send.
+// an HTTP-date in any of the three formats HTTP allows, or with the zone
+// written UTC or as a numeric offset (+0000), which some senders use. A
+// fraction of a second is accepted in the delta form, which some
+// providers send.
 func parseRetryAfter(v string, now time.Time) (time.Time, bool) {
 	v = strings.TrimSpace(v)
 	if whole, nanos, ok := parseDecimal(v); ok {
 		return addDelta(now, whole, nanos), true
 	}
-	t, err := http.ParseTime(v)
-	return t, err == nil
+	if t, err := http.ParseTime(v); err == nil {
+		return t, true
+	}
+	for _, layout := range httpDateLayouts {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t.UTC(), true
+		}
+	}
+	return time.Time{}, false
 }
 
 // Magnitudes that tell the numeric encodings apart. 1e9 seconds is 31

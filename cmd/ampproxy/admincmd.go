@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -180,11 +181,11 @@ func adminCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return printDeleted(a.output, stdout, "connection", id)
 		}
-		c, err := a.client().GetConnection(ctx, id)
+		v, err := a.client().GetConnection(ctx, id)
 		if err != nil {
 			return err
 		}
-		return printConnections(a.output, stdout, c)
+		return printConnectionView(a.output, stdout, v)
 	case "installations create":
 		integ := a.fs.String("integration", "", "integration name from the manifest (required)")
 		group := a.fs.String("group-ref", "", "group (required)")
@@ -493,6 +494,29 @@ func printConnections(format string, w io.Writer, cs ...*tokens.Connection) erro
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.Provider, c.GroupRef, c.ConsumerRef,
 			dash(c.WorkspaceRef), c.AuthScheme, c.Status, c.CreateTime.UTC().Format(time.RFC3339))
 	}
+	return tw.Flush()
+}
+
+// printConnectionView prints one connection with its lockout window:
+// RATE-LIMITED-UNTIL and RETRYABLE are "-" while no window is open, and
+// the JSON is the server's view, rateLimitedUntil and retryable included
+// while a window is open.
+func printConnectionView(format string, w io.Writer, v *admin.ConnectionView) error {
+	if format == "json" {
+		return printJSON(w, v)
+	}
+	c := v.Connection
+	until, retryable := "-", "-"
+	if v.RateLimitedUntil != nil {
+		until = v.RateLimitedUntil.UTC().Format(time.RFC3339)
+	}
+	if v.Retryable != nil {
+		retryable = strconv.FormatBool(*v.Retryable)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tPROVIDER\tGROUP\tCONSUMER\tWORKSPACE\tAUTH\tSTATUS\tCREATED\tRATE-LIMITED-UNTIL\tRETRYABLE")
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.Provider, c.GroupRef, c.ConsumerRef,
+		dash(c.WorkspaceRef), c.AuthScheme, c.Status, c.CreateTime.UTC().Format(time.RFC3339), until, retryable)
 	return tw.Flush()
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ampproxy/ampproxy/admin"
 	"github.com/ampproxy/ampproxy/tokens"
 )
 
@@ -351,5 +352,62 @@ projects:
 	}
 	if st := q.Get("state"); strings.Contains(logs.String(), st) {
 		t.Error("serve logged a state")
+	}
+}
+
+// TestPrintConnectionView: `admin connections get` shows the lockout
+// window in the table's last two columns (dashes while none is open) and
+// in -o json.
+func TestPrintConnectionView(t *testing.T) {
+	created := time.Date(2026, 3, 1, 11, 0, 0, 0, time.UTC)
+	until := time.Date(2026, 3, 1, 12, 1, 30, 0, time.UTC)
+	conn := &tokens.Connection{ID: "c-1", Provider: "github", GroupRef: "acme", ConsumerRef: "alice",
+		AuthScheme: "oauth2", Status: tokens.StatusWorking, CreateTime: created}
+	yes, no := true, false
+	for _, tc := range []struct {
+		name               string
+		view               admin.ConnectionView
+		untilCol, retryCol string
+		json, notJSON      []string
+	}{
+		{"open, retryable", admin.ConnectionView{Connection: conn, RateLimitedUntil: &until, Retryable: &yes},
+			"2026-03-01T12:01:30Z", "true",
+			[]string{`"rateLimitedUntil": "2026-03-01T12:01:30Z"`, `"retryable": true`, `"id": "c-1"`}, nil},
+		{"open, not retryable", admin.ConnectionView{Connection: conn, RateLimitedUntil: &until, Retryable: &no},
+			"2026-03-01T12:01:30Z", "false",
+			[]string{`"retryable": false`}, nil},
+		{"no window", admin.ConnectionView{Connection: conn}, "-", "-",
+			[]string{`"id": "c-1"`}, []string{"rateLimitedUntil", "retryable"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var table, js strings.Builder
+			if err := printConnectionView("table", &table, &tc.view); err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(table.String()), "\n")
+			if len(lines) != 2 {
+				t.Fatalf("table:\n%s", table.String())
+			}
+			head, row := strings.Fields(lines[0]), strings.Fields(lines[1])
+			if len(head) != len(row) || head[len(head)-2] != "RATE-LIMITED-UNTIL" || head[len(head)-1] != "RETRYABLE" {
+				t.Fatalf("table:\n%s", table.String())
+			}
+			if row[0] != "c-1" || row[len(row)-2] != tc.untilCol || row[len(row)-1] != tc.retryCol {
+				t.Errorf("row %q, want ID c-1 and window %s %s", row, tc.untilCol, tc.retryCol)
+			}
+			if err := printConnectionView("json", &js, &tc.view); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.json {
+				if !strings.Contains(js.String(), w) {
+					t.Errorf("JSON lacks %q:\n%s", w, js.String())
+				}
+			}
+			for _, w := range tc.notJSON {
+				if strings.Contains(js.String(), w) {
+					t.Errorf("JSON has %q:\n%s", w, js.String())
+				}
+			}
+		})
 	}
 }

@@ -72,11 +72,13 @@ func New(o Options) (*Path, error) {
 		OnRefresh: o.Metrics.Refresh,
 	})
 	locks, err := throttle.New(throttle.Options{
-		DefaultWindow: time.Duration(cfg.Throttle.DefaultWindow),
-		MaxWindow:     time.Duration(cfg.Throttle.MaxWindow),
-		Persist:       throttle.StorePersister(o.Store),
-		Logger:        log,
-		OnOpen:        o.Metrics.LockoutOpened,
+		DefaultWindow:    time.Duration(cfg.Throttle.DefaultWindow),
+		MaxWindow:        time.Duration(cfg.Throttle.MaxWindow),
+		Persist:          throttle.StorePersister(o.Store),
+		Logger:           log,
+		OnOpen:           o.Metrics.LockoutOpened,
+		OnExtend:         o.Metrics.LockoutExtended,
+		OnPersistFailure: o.Metrics.LockoutPersistFailed,
 	})
 	if err != nil {
 		refresher.Close()

@@ -5,9 +5,12 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -16,6 +19,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/ampproxy/ampproxy/catalog"
+	"github.com/ampproxy/ampproxy/config"
+	"github.com/ampproxy/ampproxy/internal/metrics"
+	"github.com/ampproxy/ampproxy/throttle"
+	"github.com/ampproxy/ampproxy/tokens"
 )
 
 // panicky panics on the first message of a stream whose request path asks
@@ -104,4 +113,54 @@ func TestPanicEndsOnlyItsStream(t *testing.T) {
 
 func headerMap(key string) *corev3.HeaderMap {
 	return &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: key, RawValue: []byte("v")}}}
+}
+
+// TestLockoutMetrics: the lockout table's hooks reach the metrics a
+// deployment scrapes: a window opened, one extended, and a save the store
+// refused.
+func TestLockoutMetrics(t *testing.T) {
+	dir := t.TempDir()
+	key, err := tokens.LoadKey(filepath.Join(dir, "master.key"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := tokens.Open(filepath.Join(dir, "ampproxy.db"), key, tokens.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{}
+	m := metrics.New("test")
+	dp, err := New(Options{Config: func() *config.Config { return cfg }, Store: st, Metrics: m,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Refresher.Close() })
+	now := time.Now()
+	observe := func(retryAfter string) error {
+		_, err := dp.Lockouts.Observe429(context.Background(), "conn-1", "hubspot", throttle.Pairs{{"retry-after", retryAfter}}, catalog.RateLimit{}, now)
+		return err
+	}
+	if err := observe("10"); err != nil {
+		t.Fatal(err)
+	}
+	if err := observe("20"); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if err := observe("30"); err == nil {
+		t.Fatal("a save to a closed store succeeded")
+	}
+
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`ampproxy_lockout_windows_opened_total{provider="hubspot"} 1`,
+		`ampproxy_lockout_windows_extended_total{provider="hubspot"} 2`,
+		`ampproxy_lockout_persist_failures_total 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -48,11 +47,31 @@ func retryAt(t *testing.T, resp *http.Response) (time.Time, string) {
 	return at, resp.Header.Get("X-Amp-Retryable")
 }
 
-func about(t *testing.T, what string, got, want time.Time) {
+// within checks an X-Amp-Retry-After for a window of d opened by a 429
+// that ampproxy saw between sent and received: the window ends at least d
+// after sent, and the header, which rounds up to the second, at most a
+// second after received + d.
+func within(t *testing.T, what string, got, sent, received time.Time, d time.Duration) {
 	t.Helper()
-	if d := got.Sub(want); d < -2*time.Second || d > 2*time.Second {
-		t.Errorf("%s: %s, want about %s", what, got.Format(time.RFC3339), want.Format(time.RFC3339))
+	if lo, hi := sent.Add(d), received.Add(d+time.Second); got.Before(lo) || got.After(hi) {
+		t.Errorf("%s: %s, want within [%s, %s]", what, got.Format(time.RFC3339), lo.Format(time.RFC3339Nano), hi.Format(time.RFC3339Nano))
 	}
+}
+
+// limited has the provider answer the next request to path 429 with
+// headers, sends it for group (in throttle mode), and returns the window's
+// X-Amp headers and when the request was sent and answered.
+func (e *env) limited(path, group string, headers map[string]string) (until time.Time, retryable string, sent, received time.Time) {
+	e.t.Helper()
+	e.provider.SetRateLimit(path, 429, headers, 1)
+	sent = time.Now()
+	resp, _ := e.do(call{path: path, headers: throttled("key", group)})
+	received = time.Now()
+	if resp.StatusCode != 429 {
+		e.t.Fatalf("status %d, want the provider's 429", resp.StatusCode)
+	}
+	until, retryable = retryAt(e.t, resp)
+	return until, retryable, sent, received
 }
 
 // TestThrottle runs DESIGN §3 through the stack: a provider 429 opens a
@@ -64,16 +83,11 @@ func TestThrottle(t *testing.T) {
 	e.setup()
 	connA := e.keyConnection("t-a")
 	e.keyConnection("t-b")
+	e.keyConnection("t-c")
 
-	// The provider answers the next request to /v1/limited 429 with
-	// Retry-After: 3.
-	e.provider.SetRateLimit("/v1/limited", 429, map[string]string{"Retry-After": "3"}, 1)
-	resp, _ := e.do(call{path: "/v1/limited", headers: throttled("key", "t-a")})
-	if resp.StatusCode != 429 {
-		t.Fatalf("status %d", resp.StatusCode)
-	}
-	until, retryable := retryAt(t, resp)
-	about(t, "X-Amp-Retry-After", until, time.Now().Add(3*time.Second))
+	// A 30 s window, long enough to outlive the restart below.
+	until, retryable, sent, received := e.limited("/v1/limited", "t-a", map[string]string{"Retry-After": "30"})
+	within(t, "X-Amp-Retry-After", until, sent, received, 30*time.Second)
 	if retryable != "true" {
 		t.Errorf("X-Amp-Retryable %q", retryable)
 	}
@@ -84,7 +98,7 @@ func TestThrottle(t *testing.T) {
 	if got, _ := retryAt(t, resp); !got.Equal(until) {
 		t.Errorf("short-circuit says %s, the 429 said %s", got, until)
 	}
-	if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || n < 1 || n > 4 {
+	if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || n < 1 || n > 31 {
 		t.Errorf("Retry-After %q", resp.Header.Get("Retry-After"))
 	}
 	if e.provider.TotalHits() != hits {
@@ -96,43 +110,56 @@ func TestThrottle(t *testing.T) {
 	e.forward(call{path: "/v1/contacts", headers: proxyHeaders("key", "t-a")})
 	e.forward(call{path: "/v1/contacts", headers: throttled("key", "t-b")})
 
-	// The admin API shows the window.
-	var view struct {
-		RateLimitedUntil *time.Time `json:"rateLimitedUntil"`
-		Retryable        *bool      `json:"retryable"`
+	// A later 429 without throttle mode extends the window.
+	e.provider.SetRateLimit("/v1/limited", 429, map[string]string{"Retry-After": "40"}, 1)
+	sent = time.Now()
+	resp, _ = e.do(call{path: "/v1/limited", headers: proxyHeaders("key", "t-a")})
+	received = time.Now()
+	if resp.StatusCode != 429 {
+		t.Fatalf("status %d", resp.StatusCode)
 	}
-	req, _ := http.NewRequest("GET", "http://"+e.amp.admin+"/v1/projects/"+projectID+"/connections/"+connA, nil)
-	req.Header.Set("x-api-key", projectKey)
-	ar, err := http.DefaultClient.Do(req)
+	until, _ = retryAt(t, resp)
+	within(t, "extended X-Amp-Retry-After", until, sent, received, 40*time.Second)
+
+	// The admin API, through its Go client, shows the window.
+	view, err := e.admin.GetConnection(context.Background(), connA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	json.NewDecoder(ar.Body).Decode(&view)
-	ar.Body.Close()
-	if view.RateLimitedUntil == nil || view.Retryable == nil || !*view.Retryable {
-		t.Errorf("admin view %+v", view)
-	} else {
-		about(t, "rateLimitedUntil", *view.RateLimitedUntil, until)
+	if view.RateLimitedUntil == nil || view.Retryable == nil || !*view.Retryable || view.RateLimitedUntil.After(until) || until.Sub(*view.RateLimitedUntil) >= time.Second {
+		t.Errorf("admin view until %v retryable %v, want %s (to the second) and true", view.RateLimitedUntil, view.Retryable, until)
 	}
 
-	// Counters live as long as the process: check this one before the
+	// Counters live as long as the process: check these before the
 	// restart.
-	if m := e.scrape(); !strings.Contains(m, `ampproxy_lockout_windows_opened_total{provider="sampleKey"} 1`) {
-		t.Errorf("/metrics lacks the opened window:\n%s", grepLines(m, "lockout"))
+	m := e.scrape()
+	for _, want := range []string{
+		`ampproxy_lockout_windows_opened_total{provider="sampleKey"} 1`,
+		`ampproxy_lockout_windows_extended_total{provider="sampleKey"} 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, grepLines(m, "lockout"))
+		}
 	}
 
-	// A restart inside the window keeps it.
+	// A restart inside the window keeps it, to the second.
 	e.restart()
 	hits = e.provider.TotalHits()
 	resp, body = e.do(call{path: "/v1/contacts", headers: throttled("key", "t-a")})
 	checkProblem(t, resp, body, 429, "rate-limited")
+	if got, _ := retryAt(t, resp); !got.Equal(until) {
+		t.Errorf("after the restart the short-circuit says %s, the 429 said %s", got, until)
+	}
 	if e.provider.TotalHits() != hits {
 		t.Error("after a restart, a locked connection reached the provider")
 	}
 
-	// After the window the request reaches the provider again.
-	time.Sleep(time.Until(until) + 100*time.Millisecond)
-	e.forward(call{path: "/v1/contacts", headers: throttled("key", "t-a")})
+	// After a window ends the request reaches the provider again: a 1 s
+	// window on another connection keeps the wait short.
+	untilC, _, sent, received := e.limited("/v1/limited-c", "t-c", map[string]string{"Retry-After": "1"})
+	within(t, "short X-Amp-Retry-After", untilC, sent, received, time.Second)
+	time.Sleep(time.Until(untilC) + 100*time.Millisecond)
+	e.forward(call{path: "/v1/contacts", headers: throttled("key", "t-c")})
 
 	metrics := e.scrape()
 	for _, want := range []string{
@@ -147,35 +174,39 @@ func TestThrottle(t *testing.T) {
 }
 
 // TestThrottleHints: the window end comes from the longest hint — an
-// HTTP-date Retry-After, the catalog's epoch reset header — or the
-// default window; a lockout marker makes the 429 not retryable.
+// HTTP-date Retry-After, the catalog's reset header in epoch seconds or
+// milliseconds — or the default window; a reset header whose bucket still
+// has room is ignored; a lockout marker makes the 429 not retryable.
 func TestThrottleHints(t *testing.T) {
 	e := newEnv(t, planeEnvoytest)
 	e.setup()
-	now := time.Now()
+	// Whole seconds, so that the epoch and date hints are exact.
+	now := time.Now().Truncate(time.Second)
+	epoch := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
 	for i, tc := range []struct {
 		name      string
 		headers   map[string]string
-		want      time.Time
+		exact     time.Time     // the X-Amp-Retry-After a date or epoch hint gives
+		delta     time.Duration // or the window a delta hint opens from the 429
 		retryable string
 	}{
-		{"no hint: default window (60 s)", nil, now.Add(60 * time.Second), "true"},
-		{"HTTP-date Retry-After", map[string]string{"Retry-After": now.Add(90 * time.Second).UTC().Format(http.TimeFormat)}, now.Add(90 * time.Second), "true"},
-		{"epoch-seconds reset header", map[string]string{"X-Ratelimit-Reset": strconv.FormatInt(now.Add(120*time.Second).Unix(), 10)}, now.Add(120 * time.Second), "true"},
-		{"longest hint wins", map[string]string{"Retry-After": "30", "X-Ratelimit-Reset": strconv.FormatInt(now.Add(150*time.Second).Unix(), 10)}, now.Add(150 * time.Second), "true"},
-		{"lockout marker", map[string]string{"Retry-After": "20", "X-Token-Locked": "1"}, now.Add(20 * time.Second), "false"},
+		{"no hint: default window (60 s)", nil, time.Time{}, 60 * time.Second, "true"},
+		{"HTTP-date Retry-After", map[string]string{"Retry-After": now.Add(90 * time.Second).UTC().Format(http.TimeFormat)}, now.Add(90 * time.Second), 0, "true"},
+		{"epoch-seconds reset header", map[string]string{"X-Ratelimit-Reset": epoch(120 * time.Second)}, now.Add(120 * time.Second), 0, "true"},
+		{"epoch-milliseconds reset header", map[string]string{"X-Ratelimit-Reset": strconv.FormatInt(now.Add(100*time.Second).UnixMilli()+250, 10)}, now.Add(101 * time.Second), 0, "true"},
+		{"longest hint wins", map[string]string{"Retry-After": "30", "X-Ratelimit-Reset": epoch(150 * time.Second)}, now.Add(150 * time.Second), 0, "true"},
+		{"reset of a bucket with room is ignored", map[string]string{"Retry-After": "20", "X-Ratelimit-Remaining": "10", "X-Ratelimit-Reset": epoch(150 * time.Second)}, time.Time{}, 20 * time.Second, "true"},
+		{"lockout marker", map[string]string{"Retry-After": "20", "X-Token-Locked": "1"}, time.Time{}, 20 * time.Second, "false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			group := "h" + strconv.Itoa(i)
 			e.keyConnection(group)
-			path := "/v1/hint" + strconv.Itoa(i)
-			e.provider.SetRateLimit(path, 429, tc.headers, 1)
-			resp, _ := e.do(call{path: path, headers: proxyHeaders("key", group)})
-			if resp.StatusCode != 429 {
-				t.Fatalf("status %d", resp.StatusCode)
+			at, retryable, sent, received := e.limited("/v1/hint"+strconv.Itoa(i), group, tc.headers)
+			if tc.exact.IsZero() {
+				within(t, "X-Amp-Retry-After", at, sent, received, tc.delta)
+			} else if !at.Equal(tc.exact) {
+				t.Errorf("X-Amp-Retry-After %s, want %s", at.Format(time.RFC3339), tc.exact.Format(time.RFC3339))
 			}
-			at, retryable := retryAt(t, resp)
-			about(t, "X-Amp-Retry-After", at, tc.want)
 			if retryable != tc.retryable {
 				t.Errorf("X-Amp-Retryable %q, want %q", retryable, tc.retryable)
 			}

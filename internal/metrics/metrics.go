@@ -35,6 +35,8 @@ type Metrics struct {
 	refreshes         *prometheus.CounterVec
 	refreshSeconds    *prometheus.HistogramVec
 	lockoutsOpened    *prometheus.CounterVec
+	lockoutsExtended  *prometheus.CounterVec
+	persistFailures   prometheus.Counter
 	shortCircuited    *prometheus.CounterVec
 
 	mu        sync.RWMutex
@@ -85,8 +87,16 @@ func New(version string) *Metrics {
 		}, []string{"provider"}),
 		lockoutsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ampproxy_lockout_windows_opened_total",
-			Help: "Lockout windows opened or extended by a provider 429.",
+			Help: "Lockout windows opened by a provider 429 on a connection that had none open.",
 		}, []string{"provider"}),
+		lockoutsExtended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ampproxy_lockout_windows_extended_total",
+			Help: "Open lockout windows whose end a later provider 429 moved later.",
+		}, []string{"provider"}),
+		persistFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ampproxy_lockout_persist_failures_total",
+			Help: "Failed writes of lockout windows to the store, retries included; the windows apply in memory and are retried.",
+		}),
 		shortCircuited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ampproxy_throttle_short_circuited_total",
 			Help: "Throttle-mode requests answered 429 by ampproxy because their connection was locked out.",
@@ -106,7 +116,7 @@ func New(version string) *Metrics {
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(m.requests, phase, m.providerResponses, m.refreshes, m.refreshSeconds,
-		m.lockoutsOpened, m.shortCircuited, build,
+		m.lockoutsOpened, m.lockoutsExtended, m.persistFailures, m.shortCircuited, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -182,12 +192,28 @@ func (m *Metrics) Refresh(provider, result string, d time.Duration) {
 	m.refreshSeconds.WithLabelValues(provider).Observe(d.Seconds())
 }
 
-// LockoutOpened counts a window opened or extended for a provider.
+// LockoutOpened counts a window opened on a connection that had none open.
 func (m *Metrics) LockoutOpened(provider string) {
 	if m == nil {
 		return
 	}
 	m.lockoutsOpened.WithLabelValues(provider).Inc()
+}
+
+// LockoutExtended counts an open window whose end a 429 moved later.
+func (m *Metrics) LockoutExtended(provider string) {
+	if m == nil {
+		return
+	}
+	m.lockoutsExtended.WithLabelValues(provider).Inc()
+}
+
+// LockoutPersistFailed counts a failed write of lockout windows.
+func (m *Metrics) LockoutPersistFailed() {
+	if m == nil {
+		return
+	}
+	m.persistFailures.Inc()
 }
 
 // ShortCircuited counts a throttle-mode request answered by ampproxy.

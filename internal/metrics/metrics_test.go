@@ -17,6 +17,9 @@ func TestExposition(t *testing.T) {
 	m.ProviderResponse("hubspot", 429)
 	m.Refresh("hubspot", "ok", 30*time.Millisecond)
 	m.LockoutOpened("hubspot")
+	m.LockoutExtended("hubspot")
+	m.LockoutExtended("hubspot")
+	m.LockoutPersistFailed()
 	m.ShortCircuited("hubspot")
 	m.GaugeFunc("ampproxy_lockout_windows_open", "Open lockout windows.", func() float64 { return 3 })
 
@@ -32,6 +35,8 @@ func TestExposition(t *testing.T) {
 		`ampproxy_token_refreshes_total{provider="hubspot",result="ok"} 1`,
 		`ampproxy_token_refresh_duration_seconds_count{provider="hubspot"} 1`,
 		`ampproxy_lockout_windows_opened_total{provider="hubspot"} 1`,
+		`ampproxy_lockout_windows_extended_total{provider="hubspot"} 2`,
+		`ampproxy_lockout_persist_failures_total 1`,
 		`ampproxy_throttle_short_circuited_total{provider="hubspot"} 1`,
 		`ampproxy_lockout_windows_open 3`,
 		`ampproxy_build_info{goversion="go`,
@@ -51,6 +56,8 @@ func TestNilRecordsNothing(t *testing.T) {
 	m.ProviderResponse("x", 200)
 	m.Refresh("x", "ok", 0)
 	m.LockoutOpened("x")
+	m.LockoutExtended("x")
+	m.LockoutPersistFailed()
 	m.ShortCircuited("x")
 	m.GaugeFunc("x", "y", func() float64 { return 0 })
 }

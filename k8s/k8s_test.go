@@ -290,7 +290,7 @@ func TestSidecarBootstrapIsEnvoyBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(orig, cp) {
-		t.Fatal("k8s/sidecar/envoy.yaml differs from envoy/envoy.yaml: run `go generate ./k8s/`")
+		t.Fatal("k8s/sidecar/envoy.yaml differs from envoy/envoy.yaml: run `make generate`")
 	}
 	if !bytes.Equal(orig, envoy.BootstrapYAML) {
 		t.Fatal("envoy.BootstrapYAML is not envoy/envoy.yaml")

@@ -104,7 +104,7 @@ func TestGatewayServers(t *testing.T) {
 				t.Errorf("strategy %q: must be Recreate", g.dep.Spec.Strategy.Type)
 			}
 			checkHardened(t, g.pod)
-			checkGracePeriod(t, g.pod, 5)
+			checkGracePeriod(t, g.pod, g.cfg, 5*time.Second)
 			checkConfigFiles(t, g.r, g.pod, g.ampproxy, g.cfg)
 			if g.cfg.Storage.CreateKey {
 				t.Error("storage.createKey must be false")

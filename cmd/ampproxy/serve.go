@@ -33,9 +33,6 @@ var (
 	_ admin.Store   = (*tokens.Store)(nil)
 )
 
-// drainTimeout bounds how long open streams may finish after SIGTERM.
-const drainTimeout = 20 * time.Second
-
 // reloadInterval is how often the config, manifest, catalog-override and
 // API-key files are checked for changes. Kubernetes updates mounted
 // ConfigMaps and Secrets in place, so polling is what notices them.
@@ -139,16 +136,18 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 		log.Error("listener failed", "err", err)
 	}
 	// Not ready first, so that Envoy and Kubernetes stop sending new
-	// streams; then let the open ones finish, bounded by drainTimeout.
+	// streams; then let the open ones finish, bounded by
+	// shutdown.drainTimeout of the config in force (a reload changes it).
 	ready.Store(false)
 	cancel()
 	ep.Shutdown()
-	log.Info("ampproxy draining", "timeout", drainTimeout.String())
+	drain := time.Duration(current.Load().Shutdown.DrainTimeout)
+	log.Info("ampproxy draining", "timeout", drain.String())
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(drainTimeout):
+	case <-time.After(drain):
 		log.Warn("drain timeout: closing open streams")
 		g.Stop()
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -8,6 +9,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	grpcstatus "google.golang.org/grpc/status"
 )
 
 // TestMetrics: after proxied requests, /metrics on the admin listener
@@ -53,11 +60,37 @@ func TestMetrics(t *testing.T) {
 }
 
 // TestGracefulShutdown: SIGTERM while 50 requests are in flight loses
-// none of them; ampproxy turns not-ready, lets the streams finish, then
-// exits.
+// none of them. The provider holds every request until the test lets it
+// go, so all 50 ext_proc streams are open when SIGTERM arrives. While
+// they drain, ampproxy is not ready: /readyz answers 503, a health Watch
+// opened before turns NOT_SERVING, and a new health check gets
+// NOT_SERVING or finds the listener closed. Then the requests are
+// released, all 50 succeed, and ampproxy exits 0.
 func TestGracefulShutdown(t *testing.T) {
 	e := newEnv(t, planeEnvoytest)
 	e.setup()
+	release := e.provider.Hold("/v1/slow")
+	t.Cleanup(release)
+
+	health := func() (healthpb.Health_WatchClient, context.CancelFunc) {
+		conn, err := grpc.NewClient("unix://"+e.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		w, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w, cancel
+	}
+	watch, stopWatch := health()
+	if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health before SIGTERM: %v %v", r, err)
+	}
+
 	const n = 50
 	var wg sync.WaitGroup
 	statuses := make(chan int, n)
@@ -69,7 +102,7 @@ func TestGracefulShutdown(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("GET", e.plane.URL()+"/v1/slow?delay_ms=3000", nil)
+			req, _ := http.NewRequest("GET", e.plane.URL()+"/v1/slow", nil)
 			for k, v := range proxyHeaders("key", "acme") {
 				req.Header.Set(k, v)
 			}
@@ -83,16 +116,47 @@ func TestGracefulShutdown(t *testing.T) {
 			statuses <- resp.StatusCode
 		}()
 	}
-	// Wait until every request reached the provider: their ext_proc
-	// streams are open, waiting for the response phase.
-	deadline := time.Now().Add(20 * time.Second)
+	// Every request reached the provider and waits there: its ext_proc
+	// stream is open, waiting for the response phase.
+	deadline := time.Now().Add(30 * time.Second)
 	for e.provider.Hits("/v1/slow") < n && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := e.provider.Hits("/v1/slow"); got < n {
-		t.Fatalf("only %d requests in flight", got)
+	if got := e.provider.Hits("/v1/slow"); got != n {
+		t.Fatalf("%d requests in flight, want %d", got, n)
+	}
+	if len(statuses) != 0 {
+		t.Fatalf("%d requests finished before SIGTERM", len(statuses))
 	}
 	e.amp.cmd.Process.Signal(syscall.SIGTERM)
+
+	if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("health Watch after SIGTERM: %v %v, want NOT_SERVING", r, err)
+	}
+	resp, err := http.Get("http://" + e.amp.admin + "/readyz")
+	if err != nil {
+		t.Fatalf("/readyz while draining: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while draining: %d, want 503", resp.StatusCode)
+	}
+	if st, err := checkHealth(e.sock); err == nil && st != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("new health check while draining: %v, want NOT_SERVING or a closed listener", st)
+	} else if err != nil && grpcstatus.Code(err) != codes.Unavailable {
+		t.Errorf("new health check while draining: %v, want NOT_SERVING or Unavailable", err)
+	}
+	select {
+	case <-e.amp.done:
+		t.Fatal("ampproxy exited with streams open")
+	default:
+	}
+	if len(statuses) != 0 {
+		t.Fatalf("%d requests ended while held", len(statuses))
+	}
+	// The Watch is a stream too: end it, or the drain waits for it.
+	stopWatch()
+	release()
 	wg.Wait()
 	close(statuses)
 	for s := range statuses {
@@ -108,7 +172,21 @@ func TestGracefulShutdown(t *testing.T) {
 	if code := e.amp.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	if !strings.Contains(e.amp.logs.String(), "ampproxy draining") {
-		t.Error("no drain log line")
+	if !strings.Contains(e.amp.logs.String(), `"msg":"ampproxy draining","timeout":"20s"`) {
+		t.Error("no drain log line with the default shutdown.drainTimeout")
 	}
+}
+
+// checkHealth asks the gRPC health service on a new connection, as a
+// Kubernetes gRPC probe does.
+func checkHealth(sock string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	return r.GetStatus(), err
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
@@ -51,6 +52,23 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	// Every family of the served registry, serve's own gauges included,
+	// carries ampproxy's prefix or that of a client_golang collector: Go
+	// runtime, process, and the /metrics handler's own error counter.
+	families := 0
+	for _, line := range strings.Split(out, "\n") {
+		if name, ok := strings.CutPrefix(line, "# TYPE "); ok {
+			families++
+			name, _, _ = strings.Cut(name, " ")
+			if !strings.HasPrefix(name, "ampproxy_") && !strings.HasPrefix(name, "go_") && !strings.HasPrefix(name, "process_") &&
+				name != "promhttp_metric_handler_errors_total" {
+				t.Errorf("metric family %s: want the prefix ampproxy_, go_ or process_", name)
+			}
+		}
+	}
+	if families == 0 {
+		t.Error("/metrics has no # TYPE lines")
 	}
 	for _, never := range append([]string{"attacker-chosen-project", "acme", "/v1/contacts"}, secrets...) {
 		if strings.Contains(out, never) {
@@ -189,4 +207,69 @@ func checkHealth(sock string) (healthpb.HealthCheckResponse_ServingStatus, error
 	defer cancel()
 	r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	return r.GetStatus(), err
+}
+
+// TestRequestLog decodes the JSON log line of one proxied request, as the
+// binary's own logger writes it: every field is there with the expected
+// value, and no header value the caller sent appears anywhere in the log.
+func TestRequestLog(t *testing.T) {
+	e := newEnv(t, planeEnvoytest)
+	f := e.setup()
+	const (
+		requestID = "e2e-request-log-1"
+		auth      = "Bearer caller_AUTHORIZATION_must_not_log"
+		cookie    = "session=caller_COOKIE_must_not_log"
+	)
+	h := proxyHeaders("key", "acme")
+	h["x-request-id"] = requestID
+	h["authorization"] = auth
+	h["cookie"] = cookie
+	e.forward(call{path: "/v1/contacts?limit=1", headers: h})
+
+	line := e.waitLog(`"requestId":"`+requestID+`"`, 1)
+	var got struct {
+		Msg          string
+		RequestID    string
+		Project      string
+		Integration  string
+		Provider     string
+		Installation string
+		Upstream     string
+		Status       int
+		Outcome      string
+		Latency      *int64
+	}
+	if err := json.Unmarshal([]byte(line), &got); err != nil {
+		t.Fatalf("log line %s: %v", line, err)
+	}
+	want := []struct{ field, got, want string }{
+		{"msg", got.Msg, "request"},
+		{"requestId", got.RequestID, requestID},
+		{"project", got.Project, projectID},
+		{"integration", got.Integration, "key"},
+		{"provider", got.Provider, "sampleKey"},
+		{"installation", got.Installation, f.keyInst.ID},
+		{"upstream", got.Upstream, "api.sample.test"},
+		{"outcome", got.Outcome, "forwarded"},
+	}
+	for _, w := range want {
+		if w.got != w.want {
+			t.Errorf("log field %s = %q, want %q", w.field, w.got, w.want)
+		}
+	}
+	if got.Status != 200 {
+		t.Errorf("log field status = %d, want 200", got.Status)
+	}
+	if got.Latency == nil || *got.Latency <= 0 {
+		t.Errorf("log field latency = %v, want a positive duration", got.Latency)
+	}
+	if t.Failed() {
+		t.Log(line)
+	}
+	logs := e.amp.logs.String()
+	for _, v := range append([]string{auth, "caller_AUTHORIZATION_must_not_log", cookie, "caller_COOKIE_must_not_log"}, secrets...) {
+		if strings.Contains(logs, v) {
+			t.Errorf("the log holds %q", mask(v))
+		}
+	}
 }

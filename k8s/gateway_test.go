@@ -231,8 +231,11 @@ func TestEnvoyGateway(t *testing.T) {
 		t.Fatalf("EnvoyPatchPolicy %s: want one JSONPatch on Gateway %s", pp.Name, gw.Name)
 	}
 	patch := pp.Spec.JSONPatches[0]
-	if patch.Type != "type.googleapis.com/envoy.config.listener.v3.Listener" || patch.Name != fmt.Sprintf("tcp-%d", l.Port) {
-		t.Errorf("patch targets %s %q, want the Listener tcp-%d", patch.Type, patch.Name, l.Port)
+	// The listener's name under Envoy Gateway's legacy xDS name scheme,
+	// its default before v1.10; k8s/README.md says how to switch to the
+	// XDSNameSchemeV2 name, tcp-<port>.
+	if listener := gw.Namespace + "/" + gw.Name + "/" + l.Name; patch.Type != "type.googleapis.com/envoy.config.listener.v3.Listener" || patch.Name != listener {
+		t.Errorf("patch targets %s %q, want the Listener %s", patch.Type, patch.Name, listener)
 	}
 	filterName := fmt.Sprintf("envoy.filters.http.ext_proc/envoyextensionpolicy/%s/%s/extproc/0", pol.Namespace, pol.Name)
 	op := patch.Operation

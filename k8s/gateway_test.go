@@ -405,6 +405,17 @@ func TestIstio(t *testing.T) {
 			t.Errorf("PeerAuthentication relaxes port %s (%s); only the admin port %s may be", p, m.Mode, admin)
 		}
 	}
+
+	// ampproxy's own outbound calls to token endpoints pass its sidecar
+	// even in a REGISTRY_ONLY mesh; only its pods are exempted.
+	sc := get[*istioSidecar](t, r, "Sidecar", "")
+	if sc.Namespace != g.dep.Namespace || sc.Spec.WorkloadSelector == nil || len(sc.Spec.WorkloadSelector.Labels) == 0 ||
+		!subset(sc.Spec.WorkloadSelector.Labels, g.dep.Spec.Template.Labels) {
+		t.Errorf("Sidecar %s must select the ampproxy pods, and nothing wider", sc.Name)
+	}
+	if sc.Spec.OutboundTrafficPolicy == nil || sc.Spec.OutboundTrafficPolicy.Mode != "ALLOW_ANY" {
+		t.Errorf("Sidecar %s: outboundTrafficPolicy.mode must be ALLOW_ANY, token hosts are not in the registry", sc.Name)
+	}
 }
 
 // deref prints what a pointer points at, or "unset".

@@ -70,6 +70,7 @@ var kinds = map[string]func() any{
 	"networking.istio.io/v1alpha3/EnvoyFilter":            func() any { return new(istioEnvoyFilter) },
 	"networking.istio.io/v1/ServiceEntry":                 func() any { return new(istioServiceEntry) },
 	"networking.istio.io/v1/DestinationRule":              func() any { return new(istioDestinationRule) },
+	"networking.istio.io/v1/Sidecar":                      func() any { return new(istioSidecar) },
 	"security.istio.io/v1/PeerAuthentication":             func() any { return new(istioPeerAuthentication) },
 }
 

@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 PKGS     := ./...
 
-.PHONY: build test lint run bench demo fuzz clean
+.PHONY: build test lint run bench demo fuzz generate clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ampproxy
@@ -40,6 +40,11 @@ demo: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzResolve -fuzztime 30s ./catalog/
 	$(GO) test -run '^$$' -fuzz FuzzParseHeaders -fuzztime 30s ./extproc/
+
+# Refreshes generated files, such as k8s/sidecar/envoy.yaml from
+# envoy/envoy.yaml; `go test ./k8s/` fails while they are stale.
+generate:
+	$(GO) generate $(PKGS)
 
 clean:
 	rm -rf bin

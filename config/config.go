@@ -24,6 +24,7 @@ type Config struct {
 	Storage  Storage    `yaml:"storage"`
 	Catalog  Catalog    `yaml:"catalog"`
 	Throttle Throttle   `yaml:"throttle"`
+	Shutdown Shutdown   `yaml:"shutdown"`
 	Log      Log        `yaml:"log"`
 	Projects []*Project `yaml:"projects"`
 
@@ -65,6 +66,15 @@ type Catalog struct {
 type Throttle struct {
 	DefaultWindow Duration `yaml:"defaultWindow"`
 	MaxWindow     Duration `yaml:"maxWindow"`
+}
+
+// Shutdown bounds what happens after SIGTERM.
+type Shutdown struct {
+	// DrainTimeout is how long open ext_proc streams may finish after
+	// SIGTERM before they are cut; default DefaultDrainTimeout. A pod's
+	// terminationGracePeriodSeconds must exceed it, or the kubelet kills
+	// ampproxy while streams are still draining.
+	DrainTimeout Duration `yaml:"drainTimeout"`
 }
 
 // Log sets the log format and level.
@@ -123,6 +133,7 @@ func (d Duration) String() string { return time.Duration(d).String() }
 const (
 	DefaultThrottleWindow = 60 * time.Second
 	DefaultThrottleMax    = 24 * time.Hour
+	DefaultDrainTimeout   = 20 * time.Second
 )
 
 // Project returns the project with the given ID.
@@ -188,6 +199,12 @@ func parse(data []byte, file string) (*Config, error) {
 	}
 	if c.Throttle.MaxWindow < c.Throttle.DefaultWindow {
 		p.add("throttle.maxWindow", "must not be shorter than throttle.defaultWindow")
+	}
+	if c.Shutdown.DrainTimeout == 0 {
+		c.Shutdown.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if c.Shutdown.DrainTimeout < 0 {
+		p.add("shutdown.drainTimeout", "must be positive")
 	}
 	switch c.Log.Format {
 	case "", "json", "text":

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func write(t *testing.T, dir, name, body string) string {
@@ -78,6 +79,9 @@ func TestLoadGood(t *testing.T) {
 	if c.Throttle.DefaultWindow.String() != "30s" || c.Throttle.MaxWindow.String() != "24h0m0s" {
 		t.Errorf("throttle = %v/%v", c.Throttle.DefaultWindow, c.Throttle.MaxWindow)
 	}
+	if c.Shutdown.DrainTimeout != Duration(DefaultDrainTimeout) {
+		t.Errorf("shutdown.drainTimeout = %v, want the default %v", c.Shutdown.DrainTimeout, DefaultDrainTimeout)
+	}
 	p, ok := c.Project("p1")
 	if !ok {
 		t.Fatal("project p1 missing")
@@ -132,6 +136,8 @@ storage:
   encryptionKeyFile: missing.key
 throttle:
   defaultWindow: soon
+shutdown:
+  drainTimeout: -5s
 bogus: 1
 projects:
   - id: p1
@@ -158,6 +164,7 @@ projects:
 		"storage.encryptionKeyFile",
 		"createKey: true",
 		`"soon" is not a duration`,
+		"ampproxy.yaml:11: shutdown.drainTimeout: must be positive",
 		"bogus",
 		"projects[0].apiKeys[0].sha256: must be 64 hex digits",
 		"projects[0].apiKeys[1].file",
@@ -216,5 +223,34 @@ func TestManifestDefaultsProxyOff(t *testing.T) {
 	}
 	if in, _ := m.Integration("a"); in.Proxy.Enabled {
 		t.Fatal("proxy.enabled must default to false")
+	}
+}
+
+func TestDrainTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string // the shutdown section, or none
+		want time.Duration
+		err  string
+	}{
+		{"", DefaultDrainTimeout, ""},
+		{"shutdown: {drainTimeout: 7s}\n", 7 * time.Second, ""},
+		{"shutdown: {drainTimeout: 0s}\n", DefaultDrainTimeout, ""},
+		{"shutdown: {drainTimeout: -1s}\n", 0, "shutdown.drainTimeout: must be positive"},
+		{"shutdown: {drainTimeout: later}\n", 0, `"later" is not a duration`},
+		{"shutdown: {drain: 5s}\n", 0, "drain"},
+	} {
+		dir := t.TempDir()
+		write(t, dir, "amp.yaml", goodManifest)
+		write(t, dir, "keys/primary", "file-key\n")
+		write(t, dir, "apps/sf", "secret")
+		c, err := Load(write(t, dir, "ampproxy.yaml", goodConfig(hash("k"))+tc.yaml))
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.yaml, err)
+		case tc.err == "" && time.Duration(c.Shutdown.DrainTimeout) != tc.want:
+			t.Errorf("%q: drainTimeout %v, want %v", tc.yaml, c.Shutdown.DrainTimeout, tc.want)
+		}
 	}
 }

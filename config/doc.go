@@ -12,6 +12,22 @@
 // file are re-read when the file changes, since Kubernetes rotates mounted
 // Secrets in place. It does not open the store or listen on anything.
 //
+// # Reloading
+//
+// `ampproxy serve` reloads on SIGHUP and when the config file, a manifest
+// or the catalog override file changes (checked every 2 s). A reload is
+// whole or nothing: a file with problems is rejected with a log line that
+// names it, and the running config stays. Projects, API keys, manifests,
+// provider apps, the catalog override and shutdown.drainTimeout take
+// effect at once. grpc.listen, admin.listen, admin.pprof, storage,
+// throttle and log (level and format) are read only at start: a reload
+// that changes them logs which ones, keeps their running values, and
+// applies the rest.
+//
+// shutdown.drainTimeout (default 20s) bounds how long open ext_proc
+// streams may finish after SIGTERM; a Kubernetes pod's
+// terminationGracePeriodSeconds must exceed it.
+//
 // # Caveats
 //
 // A Config is immutable once loaded; reloading builds a new one and swaps

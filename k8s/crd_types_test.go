@@ -12,7 +12,8 @@ import (
 // (envoyproxy/gateway api/v1alpha1: ext_proc_types.go,
 // envoyextensionypolicy_types.go, envoypatchpolicy_types.go,
 // backend_types.go, envoyproxy_types.go; Gateway API v1; Istio's
-// networking v1alpha3 EnvoyFilter and v1 ServiceEntry and DestinationRule),
+// networking v1alpha3 EnvoyFilter and v1 ServiceEntry, DestinationRule and
+// Sidecar),
 // so that strict decoding turns a misspelt or invented field into a test
 // failure. Optional scalars are pointers so that an explicit false or 0
 // survives the round trip that decodeStrict checks.
@@ -225,5 +226,17 @@ type istioPeerAuthentication struct {
 		PortLevelMTLS map[string]struct {
 			Mode string `json:"mode"`
 		} `json:"portLevelMtls,omitempty"`
+	} `json:"spec"`
+}
+
+type istioSidecar struct {
+	crdMeta
+	Spec struct {
+		WorkloadSelector *struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"workloadSelector,omitempty"`
+		OutboundTrafficPolicy *struct {
+			Mode string `json:"mode"`
+		} `json:"outboundTrafficPolicy,omitempty"`
 	} `json:"spec"`
 }

@@ -19,7 +19,7 @@
 //
 // kustomize refuses files outside a kustomization's directory, so
 // sidecar/envoy.yaml is a copy of envoy/envoy.yaml. The tests fail when the
-// two differ; `go generate ./k8s/` refreshes the copy.
+// two differ; `make generate` (go generate) refreshes the copy.
 //
 // The Envoy Gateway and Istio objects are checked against local types, not
 // against those projects' CRD schemas: a field those projects rename is

@@ -104,7 +104,7 @@ func TestGatewayServers(t *testing.T) {
 				t.Errorf("strategy %q: must be Recreate", g.dep.Spec.Strategy.Type)
 			}
 			checkHardened(t, g.pod)
-			checkGracePeriod(t, g.pod, 5)
+			checkGracePeriod(t, g.pod, g.cfg, 5*time.Second)
 			checkConfigFiles(t, g.r, g.pod, g.ampproxy, g.cfg)
 			if g.cfg.Storage.CreateKey {
 				t.Error("storage.createKey must be false")
@@ -231,8 +231,11 @@ func TestEnvoyGateway(t *testing.T) {
 		t.Fatalf("EnvoyPatchPolicy %s: want one JSONPatch on Gateway %s", pp.Name, gw.Name)
 	}
 	patch := pp.Spec.JSONPatches[0]
-	if patch.Type != "type.googleapis.com/envoy.config.listener.v3.Listener" || patch.Name != fmt.Sprintf("tcp-%d", l.Port) {
-		t.Errorf("patch targets %s %q, want the Listener tcp-%d", patch.Type, patch.Name, l.Port)
+	// The listener's name under Envoy Gateway's legacy xDS name scheme,
+	// its default before v1.10; k8s/README.md says how to switch to the
+	// XDSNameSchemeV2 name, tcp-<port>.
+	if listener := gw.Namespace + "/" + gw.Name + "/" + l.Name; patch.Type != "type.googleapis.com/envoy.config.listener.v3.Listener" || patch.Name != listener {
+		t.Errorf("patch targets %s %q, want the Listener %s", patch.Type, patch.Name, listener)
 	}
 	filterName := fmt.Sprintf("envoy.filters.http.ext_proc/envoyextensionpolicy/%s/%s/extproc/0", pol.Namespace, pol.Name)
 	op := patch.Operation
@@ -401,6 +404,17 @@ func TestIstio(t *testing.T) {
 		if p != admin {
 			t.Errorf("PeerAuthentication relaxes port %s (%s); only the admin port %s may be", p, m.Mode, admin)
 		}
+	}
+
+	// ampproxy's own outbound calls to token endpoints pass its sidecar
+	// even in a REGISTRY_ONLY mesh; only its pods are exempted.
+	sc := get[*istioSidecar](t, r, "Sidecar", "")
+	if sc.Namespace != g.dep.Namespace || sc.Spec.WorkloadSelector == nil || len(sc.Spec.WorkloadSelector.Labels) == 0 ||
+		!subset(sc.Spec.WorkloadSelector.Labels, g.dep.Spec.Template.Labels) {
+		t.Errorf("Sidecar %s must select the ampproxy pods, and nothing wider", sc.Name)
+	}
+	if sc.Spec.OutboundTrafficPolicy == nil || sc.Spec.OutboundTrafficPolicy.Mode != "ALLOW_ANY" {
+		t.Errorf("Sidecar %s: outboundTrafficPolicy.mode must be ALLOW_ANY, token hosts are not in the registry", sc.Name)
 	}
 }
 

@@ -70,6 +70,7 @@ var kinds = map[string]func() any{
 	"networking.istio.io/v1alpha3/EnvoyFilter":            func() any { return new(istioEnvoyFilter) },
 	"networking.istio.io/v1/ServiceEntry":                 func() any { return new(istioServiceEntry) },
 	"networking.istio.io/v1/DestinationRule":              func() any { return new(istioDestinationRule) },
+	"networking.istio.io/v1/Sidecar":                      func() any { return new(istioSidecar) },
 	"security.istio.io/v1/PeerAuthentication":             func() any { return new(istioPeerAuthentication) },
 }
 
@@ -290,7 +291,7 @@ func TestSidecarBootstrapIsEnvoyBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(orig, cp) {
-		t.Fatal("k8s/sidecar/envoy.yaml differs from envoy/envoy.yaml: run `go generate ./k8s/`")
+		t.Fatal("k8s/sidecar/envoy.yaml differs from envoy/envoy.yaml: run `make generate`")
 	}
 	if !bytes.Equal(orig, envoy.BootstrapYAML) {
 		t.Fatal("envoy.BootstrapYAML is not envoy/envoy.yaml")

@@ -8,12 +8,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -522,35 +522,16 @@ func selector(t *testing.T, s *metav1.LabelSelector) string {
 	return "{" + strings.Join(kv, ",") + "}"
 }
 
-// drainSeconds is how long ampproxy lets open ext_proc streams finish after
-// SIGTERM (README, Operations). It is read from cmd/ampproxy when the
-// constant is found there, so that the manifests follow a change.
-func drainSeconds(t *testing.T) int64 {
+// checkGracePeriod: the pod's grace period outlasts ampproxy's drain, the
+// shutdown.drainTimeout of the config the pod mounts, with room for the
+// containers that stop before it.
+func checkGracePeriod(t *testing.T, pod *corev1.PodSpec, cfg *config.Config, margin time.Duration) {
 	t.Helper()
-	const documented = 20
-	src, err := os.ReadFile(filepath.Join("..", "cmd", "ampproxy", "serve.go"))
-	if err != nil {
-		t.Logf("drain timeout: %v; using the documented %d s", err, documented)
-		return documented
-	}
-	m := regexp.MustCompile(`drainTimeout\s*=\s*(\d+)\s*\*\s*time\.Second`).FindSubmatch(src)
-	if m == nil {
-		t.Logf("drain timeout not found in cmd/ampproxy/serve.go; using the documented %d s", documented)
-		return documented
-	}
-	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
-	return n
-}
-
-// checkGracePeriod: the pod's grace period outlasts ampproxy's drain with
-// room for the containers that stop before it.
-func checkGracePeriod(t *testing.T, pod *corev1.PodSpec, margin int64) {
-	t.Helper()
-	grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+	grace := time.Duration(corev1.DefaultTerminationGracePeriodSeconds) * time.Second
 	if pod.TerminationGracePeriodSeconds != nil {
-		grace = *pod.TerminationGracePeriodSeconds
+		grace = time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
 	}
-	if drain := drainSeconds(t); grace < drain+margin {
-		t.Errorf("terminationGracePeriodSeconds %d: ampproxy drains for up to %d s, and %d s more are needed for the rest", grace, drain, margin)
+	if drain := time.Duration(cfg.Shutdown.DrainTimeout); grace < drain+margin {
+		t.Errorf("terminationGracePeriodSeconds %v: ampproxy drains for up to %v (shutdown.drainTimeout), and %v more are needed for the rest", grace, drain, margin)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -76,7 +77,7 @@ func TestSidecarDeployment(t *testing.T) {
 	}
 	checkHardened(t, s.pod)
 	// The application and Envoy stop before ampproxy does.
-	checkGracePeriod(t, s.pod, 20)
+	checkGracePeriod(t, s.pod, loadConfig(t, s.r, s.pod, s.ampproxy, s.configPath), 20*time.Second)
 
 	// The bbolt file lives on the claim, and the claim is single-writer.
 	pvc := get[*corev1.PersistentVolumeClaim](t, s.r, "PersistentVolumeClaim", "")

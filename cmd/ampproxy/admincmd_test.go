@@ -158,7 +158,8 @@ func TestDev(t *testing.T) {
 }
 
 // TestReload: a broken manifest is rejected and the running config stays
-// in force; a good one takes effect without a restart.
+// in force; a good one takes effect in the admin API without a restart.
+// internal/e2e's TestReload checks the data path through the binary.
 func TestReload(t *testing.T) {
 	dir := t.TempDir()
 	cfg := goodConfig(t, dir, "127.0.0.1:0")

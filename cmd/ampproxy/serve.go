@@ -33,9 +33,6 @@ var (
 	_ admin.Store   = (*tokens.Store)(nil)
 )
 
-// drainTimeout bounds how long open streams may finish after SIGTERM.
-const drainTimeout = 20 * time.Second
-
 // reloadInterval is how often the config, manifest, catalog-override and
 // API-key files are checked for changes. Kubernetes updates mounted
 // ConfigMaps and Secrets in place, so polling is what notices them.
@@ -139,16 +136,18 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 		log.Error("listener failed", "err", err)
 	}
 	// Not ready first, so that Envoy and Kubernetes stop sending new
-	// streams; then let the open ones finish, bounded by drainTimeout.
+	// streams; then let the open ones finish, bounded by
+	// shutdown.drainTimeout of the config in force (a reload changes it).
 	ready.Store(false)
 	cancel()
 	ep.Shutdown()
-	log.Info("ampproxy draining", "timeout", drainTimeout.String())
+	drain := time.Duration(current.Load().Shutdown.DrainTimeout)
+	log.Info("ampproxy draining", "timeout", drain.String())
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(drainTimeout):
+	case <-time.After(drain):
 		log.Warn("drain timeout: closing open streams")
 		g.Stop()
 	}
@@ -200,14 +199,37 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 			log.Error("config reload rejected; the running config stays in force", "err", err)
 			continue
 		}
-		if next.GRPC != cfg.GRPC || next.Admin != cfg.Admin || next.Storage != cfg.Storage || next.Throttle != cfg.Throttle {
-			log.Warn("grpc, admin, storage and throttle settings change only on restart")
+		if changed := restartOnly(cfg, next); len(changed) > 0 {
+			log.Warn("config reload: these settings change only on restart; their running values stay", "settings", changed)
 		}
 		seen = fileStamps(next.Files())
 		current.Store(next)
 		apply(next)
 		log.Info("config reloaded", "projects", len(next.Projects))
 	}
+}
+
+// restartOnly names the settings that differ between the running config
+// and a reloaded one but are read only at start: the listeners, the store,
+// the lockout table and the logger are built once.
+func restartOnly(running, next *config.Config) []string {
+	var changed []string
+	for _, s := range []struct {
+		name string
+		same bool
+	}{
+		{"grpc.listen", next.GRPC == running.GRPC},
+		{"admin.listen", next.Admin.Listen == running.Admin.Listen},
+		{"admin.pprof", next.Admin.Pprof == running.Admin.Pprof},
+		{"storage", next.Storage == running.Storage},
+		{"throttle", next.Throttle == running.Throttle},
+		{"log", next.Log == running.Log},
+	} {
+		if !s.same {
+			changed = append(changed, s.name)
+		}
+	}
+	return changed
 }
 
 // fileStamps fingerprints files by modification time, size and inode; a

@@ -103,8 +103,16 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	seen.Status = status
+	gate := s.held(r.URL.Path)
 	s.record(seen)
 	s.logRequest(r, status, seen.Auth)
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	// delay_ms holds the answer back, for tests of requests in flight.
 	if ms, err := strconv.Atoi(r.URL.Query().Get("delay_ms")); err == nil && ms > 0 {

@@ -26,7 +26,8 @@
 //     including every header. GET /v1/big?bytes=N instead streams N bytes of
 //     deterministic data whose SHA-256 is sent in advance in [BodySHA256Header].
 //     A delay_ms=N query parameter holds any answer back N milliseconds (at
-//     most 30 s), for tests of requests in flight.
+//     most 30 s), and [Server.Hold] holds the answers for a path until the
+//     test releases them, for tests of requests in flight.
 //
 // With [Options.PlainHTTP] every endpoint is also served over plain HTTP on
 // a second loopback port ([Server.HTTPAddr]). [Server.TokenGrants] counts

@@ -945,3 +945,52 @@ func TestPlainHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestHold: held requests are counted but not answered until released;
+// other paths and requests after the release pass at once.
+func TestHold(t *testing.T) {
+	s, _ := start(t, nil)
+	release := s.Hold("/v1/held")
+	t.Cleanup(release)
+	get := func(path string) int {
+		req := newRequest(t, http.MethodGet, "https://api.sample.test"+path, nil)
+		req.Header.Set("X-Api-Key", testAPIKey)
+		resp, err := s.Client().Do(req)
+		if err != nil {
+			return -1
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	const n = 3
+	answers := make(chan int, n)
+	for range n {
+		go func() { answers <- get("/v1/held") }()
+	}
+	if got := get("/v1/other"); got != http.StatusOK {
+		t.Fatalf("another path: %d", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Hits("/v1/held") < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := s.Hits("/v1/held"); got != n {
+		t.Fatalf("%d held requests arrived, want %d", got, n)
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("a held request was answered (%d) before the release", a)
+	default:
+	}
+	release()
+	release()
+	for range n {
+		if a := <-answers; a != http.StatusOK {
+			t.Errorf("released request: %d", a)
+		}
+	}
+	if got := get("/v1/held"); got != http.StatusOK {
+		t.Errorf("after the release: %d", got)
+	}
+}

@@ -108,6 +108,7 @@ type Server struct {
 	codes                  map[string]authCode
 	limits                 map[string]*rateLimit
 	grants                 map[string]int64 // token requests by grant_type
+	holds                  map[string]chan struct{}
 	hits                   map[string]int64
 	total                  int64
 	last                   *Seen
@@ -159,6 +160,7 @@ func Start(opts Options) (*Server, error) {
 		codes:           map[string]authCode{},
 		limits:          map[string]*rateLimit{},
 		grants:          map[string]int64{},
+		holds:           map[string]chan struct{}{},
 		hits:            map[string]int64{},
 	}
 	if s.ttl == 0 {
@@ -411,6 +413,36 @@ func (s *Server) takeRateLimit(path string) (rateLimit, bool) {
 		}
 	}
 	return *rl, true
+}
+
+// Hold makes API requests to path (exact match on the URL path) wait, once
+// counted by [Server.Hits], until release is called or their client goes
+// away, so that a test decides when requests in flight finish. release
+// lets every held request go, and later ones pass; it may be called more
+// than once.
+func (s *Server) Hold(path string) (release func()) {
+	gate := make(chan struct{})
+	s.mu.Lock()
+	s.holds[path] = gate
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.holds[path] == gate {
+				delete(s.holds, path)
+			}
+			s.mu.Unlock()
+			close(gate)
+		})
+	}
+}
+
+// held returns the gate a request to path waits on, or nil.
+func (s *Server) held(path string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holds[path]
 }
 
 // TokenRequests returns how many requests reached /oauth/token, whatever

@@ -105,8 +105,10 @@ func New(version string) *Metrics {
 	phase := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "ampproxy_extproc_phase_duration_seconds",
 		Help: "ampproxy's own processing time per ext_proc message.",
-		// From 5 µs: the request phase takes a few microseconds.
-		Buckets: prometheus.ExponentialBuckets(5e-6, 2.5, 12),
+		// From 5 µs, since the request phase takes a few microseconds, to
+		// about 0.3 s, past Envoy's default 200 ms message_timeout: a phase
+		// slow enough to fail requests lands in a finite bucket.
+		Buckets: prometheus.ExponentialBuckets(5e-6, 3, 11),
 	}, []string{"phase"})
 	m.phase[RequestHeaders] = phase.WithLabelValues("request_headers")
 	m.phase[ResponseHeaders] = phase.WithLabelValues("response_headers")

@@ -71,3 +71,73 @@ func BenchmarkRequest(b *testing.B) {
 		m.ProviderResponse("hubspot", 200)
 	}
 }
+
+// TestFamilyNames: after every recording method ran once, each family
+// the registry gathers is ampproxy's own or a client_golang collector's
+// (Go runtime, process, and the handler's error counter), so nothing
+// collides with another exporter's names.
+func TestFamilyNames(t *testing.T) {
+	m := New("dev")
+	m.Handler()
+	m.Request("p1", "crm", "hubspot", "forwarded")
+	m.Phase(RequestHeaders, time.Microsecond)
+	m.Phase(ResponseHeaders, time.Microsecond)
+	m.ProviderResponse("hubspot", 200)
+	m.Refresh("hubspot", "ok", time.Millisecond)
+	m.LockoutOpened("hubspot")
+	m.ShortCircuited("hubspot")
+	m.GaugeFunc("ampproxy_lockout_windows_open", "Open lockout windows.", func() float64 { return 0 })
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, f := range fams {
+		name := f.GetName()
+		seen[name] = true
+		if !strings.HasPrefix(name, "ampproxy_") && !strings.HasPrefix(name, "go_") && !strings.HasPrefix(name, "process_") &&
+			name != "promhttp_metric_handler_errors_total" {
+			t.Errorf("metric family %s: want the prefix ampproxy_, go_ or process_", name)
+		}
+	}
+	// The check above saw the families it is about.
+	for _, want := range []string{"ampproxy_requests_total", "ampproxy_extproc_phase_duration_seconds",
+		"ampproxy_provider_responses_total", "ampproxy_lockout_windows_opened_total",
+		"ampproxy_throttle_short_circuited_total", "ampproxy_build_info", "ampproxy_lockout_windows_open",
+		"go_goroutines", "process_resident_memory_bytes"} {
+		if !seen[want] {
+			t.Errorf("no family %s gathered", want)
+		}
+	}
+}
+
+// TestPhaseBuckets: the phase histogram resolves latencies up to Envoy's
+// default 200 ms message_timeout and beyond, with few buckets, since
+// every bucket is a series per phase.
+func TestPhaseBuckets(t *testing.T) {
+	m := New("dev")
+	m.Phase(RequestHeaders, 150*time.Millisecond)
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != "ampproxy_extproc_phase_duration_seconds" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			b := mt.GetHistogram().GetBucket()
+			if len(b) == 0 || len(b) > 12 {
+				t.Fatalf("%d buckets, want 1 to 12", len(b))
+			}
+			if top := b[len(b)-1].GetUpperBound(); top < 0.25 {
+				t.Errorf("largest bucket %g s, want at least 0.25 s (message_timeout is 0.2 s)", top)
+			}
+			if b[0].GetUpperBound() > 10e-6 {
+				t.Errorf("smallest bucket %g s, want at most 10 µs", b[0].GetUpperBound())
+			}
+		}
+		return
+	}
+	t.Fatal("no ampproxy_extproc_phase_duration_seconds family")
+}

@@ -252,6 +252,28 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestConnectionProviderMismatch: an installation whose connection is for
+// another provider than its integration's is refused before the
+// connection's credential is read, so the credential never reaches the
+// integration's provider.
+func TestConnectionProviderMismatch(t *testing.T) {
+	h := newHarness(t, newFixture())
+	first, _ := h.exchange(envoyHeaders("/x", proxyHeaders("key-int", "g-mismatch")...), "200")
+	p := problemOf(t, first)
+	if p.Status != 424 || p.Type != ProblemTypePrefix+"connection-provider-mismatch" {
+		t.Fatalf("got %+v, want 424 connection-provider-mismatch", p)
+	}
+	for _, name := range []string{"testQuery", "testKey"} {
+		if !strings.Contains(p.Detail, name) {
+			t.Errorf("detail %q does not name provider %s", p.Detail, name)
+		}
+	}
+	body := string(first.GetImmediateResponse().Body)
+	if strings.Contains(body, mismatchKey) || strings.Contains(h.logs.String(), mismatchKey) {
+		t.Error("the connection's credential was echoed")
+	}
+}
+
 // TestUnknownProjectAndWrongKeyLookAlike: a caller cannot tell whether a
 // project exists.
 func TestUnknownProjectAndWrongKeyLookAlike(t *testing.T) {

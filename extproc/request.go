@@ -78,6 +78,15 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 	if !ok || conn.ProjectID != proj.ID {
 		return nil, notFound("connection-not-found", "the installation's connection no longer exists")
 	}
+	// The host and the way the credential travels come from the
+	// integration's provider, the credential from the connection: once a
+	// manifest edit moves the integration to another provider, the old
+	// connection's secret would go to the new provider's host. Refused
+	// before anything of the credential is read.
+	if conn.Provider != integ.Provider {
+		return nil, failedDependency("connection-provider-mismatch", "the installation's connection is for provider "+conn.Provider+
+			" but integration "+integ.Name+" now uses provider "+integ.Provider+"; install the integration again with a connection for "+integ.Provider)
+	}
 	st.conn = conn
 	if conn.Status == tokens.StatusBadCredentials {
 		return nil, failedDependency("bad-credentials", "the connection's credentials were rejected by the provider; update or replace the connection")

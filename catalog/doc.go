@@ -91,7 +91,9 @@
 // Client-Id, a User-Agent) are the caller's to send. An OAuth2 provider
 // that reads its token from another header names it under oauth2.header
 // (shopify: X-Shopify-Access-Token, no prefix); the caller's own
-// Authorization is then removed all the same.
+// Authorization is then removed all the same, as it is for an API key
+// that goes in a query parameter or another header. Only authType none
+// passes the caller's Authorization on.
 //
 // Metadata names are kept as the providers' established catalogs spell
 // them (workspace, subdomain, APP_ID, zoho_api_domain) rather than forced

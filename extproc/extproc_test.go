@@ -82,6 +82,8 @@ func TestForwarding(t *testing.T) {
 			map[string]string{":authority": "api.key.test", ":path": "/v1/items?limit=5", "x-api-key": "Token " + providerKey}, nil},
 		{"api key in query merged and replacing the caller's", "/items?api_key=caller&q=a%20b", proxyHeaders("query-int", "g1"),
 			map[string]string{":authority": "api.query.test", ":path": "/v2/items?q=a%20b&api_key=" + providerKey}, []string{"x-api-key"}},
+		{"api key in query removes the caller's authorization", "/items", proxyHeaders("query-int", "g1", "authorization", "Bearer caller-own"),
+			map[string]string{":authority": "api.query.test", ":path": "/v2/items?api_key=" + providerKey}, []string{"authorization", "x-api-key"}},
 		{"basic", "/x", proxyHeaders("basic-int", "g1", "authorization", "Bearer caller-own"),
 			map[string]string{":authority": "api.basic.test", "authorization": basic}, []string{"x-api-key"}},
 		{"oauth2 bearer on templated host", "/services/data/v56.0/sobjects/Account", proxyHeaders("oauth-int", "g1"),

@@ -149,13 +149,15 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 
 	remove := in.remove
 	// Envoy applies removals before sets, but a header that is set must not
-	// also be listed for removal; the caller's own authorization goes
-	// whenever ampproxy supplies a credential (DESIGN §2).
+	// also be listed for removal.
 	if credHeader != "" {
 		remove = without(remove, credHeader)
-		if credHeader != "authorization" && in.hasAuthorization {
-			remove = append(remove, "authorization")
-		}
+	}
+	// The credential replaces whatever authorization the caller sent
+	// (DESIGN §2), also when it travels elsewhere (a query parameter,
+	// another header): only a provider without credential keeps it.
+	if prov.AuthType != catalog.AuthNone && credHeader != "authorization" && in.hasAuthorization {
+		remove = append(remove, "authorization")
 	}
 	return r.forward(remove), nil
 }

@@ -56,6 +56,11 @@ providers:
     apiKey: {header: {name: X-Api-Key}}
     metadata: [{name: region, default: eu}]
     proxy: true
+  - name: jira
+    baseURL: https://api.atlassian.com/ex/jira/{{.cloudId}}/rest/api
+    authType: basic
+    metadata: [{name: cloudId}]
+    proxy: true
 `
 
 func TestParseErrors(t *testing.T) {
@@ -145,8 +150,19 @@ func TestResolve(t *testing.T) {
 		{"whole", "intranet", "/", "", "", "single-label"},
 		{"whole", "10.0.0.1.nip.io", "/", "10.0.0.1.nip.io", "/", ""},
 		{"pathy", "acme", "/v1/employees?x=1", "api.bamboohr.com", "/api/gateway.php/acme/v1/employees?x=1", ""},
-		{"pathy", "a/../b", "/x", "api.bamboohr.com", "/api/gateway.php/a%2F..%2Fb/x", ""},
+		{"pathy", "a/b", "/x", "api.bamboohr.com", "/api/gateway.php/a%2Fb/x", ""},
+		{"pathy", "...", "/x", "api.bamboohr.com", "/api/gateway.php/.../x", ""},
 		{"pathy", "..", "/x", "", "", "dot segments"},
+		// A server that decodes %2F would climb out of the template.
+		{"pathy", "a/../b", "/x", "", "", "dot segments"},
+		{"pathy", "..;", "/x", "", "", "dot segments"},
+		{"pathy", `..\`, "/x", "", "", "dot segments"},
+		// The caller's path cannot climb out of the template's path either.
+		{"pathy", "acme", "/../../other/v1", "", "", "path segment"},
+		{"pathy", "acme", "/v1/./employees", "", "", "path segment"},
+		{"jira", "c1", "/../../confluence/x", "", "", "path segment"},
+		{"jira", "c1", "/%2e%2e/x", "", "", "path segment"},
+		{"jira", "c1", "/v1/.well-known/x?a=..", "api.atlassian.com", "/ex/jira/c1/rest/api/v1/.well-known/x?a=..", ""},
 		{"region", "", "/items", "eu.api.example.com:8443", "/v1/items", ""},
 		{"region", "us", "/items", "us.api.example.com:8443", "/v1/items", ""},
 	}
@@ -172,6 +188,32 @@ func TestResolve(t *testing.T) {
 				t.Fatalf("got %+v, want %s %s", up, c.authority, c.upPath)
 			}
 		})
+	}
+}
+
+// TestDotSegments: every way a server may read a segment as "." or "..",
+// and the look-alikes that are plain names.
+func TestDotSegments(t *testing.T) {
+	for _, p := range []string{
+		"/..", "/.", "/../x", "/a/./b", "/a/..", "/a/..?q", "/..?x=1",
+		"/%2e%2e/x", "/%2E%2E/x", "/.%2e/x", "/%2e./x", "/%2e/x", "/%2E",
+		"/..%2fx", "/..%2Fx", "/a%2f..%2fb", "/a%2F.%2Fb", "/a\\..\\b", "/..%5cx", "/a%5C..",
+		"/..;/x", "/.;jsessionid=1/x", "/a/..%3b/x", "/a;/../b",
+	} {
+		if !hasDotSegment(p) {
+			t.Errorf("%q: dot segment not found", p)
+		}
+		if err := checkRequestPath(p); !errors.Is(err, ErrBadPath) {
+			t.Errorf("checkRequestPath(%q) = %v, want ErrBadPath", p, err)
+		}
+	}
+	for _, p := range []string{
+		"/", "/x", "/...", "/a..b", "/.well-known/x", "/a./b", "/.a/b", "/x?y=/../..",
+		"/%2e%2e%2e", "/%252e%252e/x", "/%2g../x", "/a%2", "/a%", "/v1.2/x", "//x",
+	} {
+		if hasDotSegment(p) {
+			t.Errorf("%q: taken for a dot segment", p)
+		}
 	}
 }
 
@@ -386,13 +428,18 @@ func FuzzResolve(f *testing.F) {
 	}
 	f.Add("acme", "//evil.com/x")
 	f.Add("acme", "/@evil.com")
+	for _, path := range []string{"/../x", "/a/%2e%2E/b", "/.%2e/x", "/..%2fx", "/..;/x", "/a\\..\\b", "/x?y=/.."} {
+		f.Add("acme", path)
+	}
 	f.Fuzz(func(t *testing.T, val, path string) {
-		for _, name := range []string{"sf", "whole", "pathy", "region"} {
+		for _, name := range []string{"sf", "whole", "pathy", "region", "jira"} {
 			p := ps[name]
-			up, err := p.Resolve(map[string]string{p.Metadata[0].Name: val}, path)
+			meta := map[string]string{p.Metadata[0].Name: val}
+			up, err := p.Resolve(meta, path)
 			if err != nil {
 				continue
 			}
+			checkResolvedPath(t, p, meta, up.Path)
 			// The caller's path is theirs to get wrong (a stray %); only the
 			// scheme and authority are ampproxy's promise.
 			u, perr := url.Parse(up.Scheme + "://" + up.Authority + "/")
@@ -430,6 +477,10 @@ func FuzzResolve(f *testing.F) {
 				if !strings.HasSuffix(host, ".api.example.com") || u.Port() != "8443" {
 					t.Fatalf("region: %q gave %q", val, up.Authority)
 				}
+			case "jira":
+				if up.Authority != "api.atlassian.com" || !strings.HasPrefix(up.Path, "/ex/jira/") {
+					t.Fatalf("jira: %q gave %+v", val, up)
+				}
 			}
 		}
 	})
@@ -446,12 +497,18 @@ func FuzzResolveEmbedded(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	var templated []*Provider
+	var templated, pathed []*Provider
 	for _, n := range c.Names() {
 		p, _ := c.Provider(n)
 		if p.base.hostVars || p.tokenURL != nil && p.tokenURL.hostVars {
 			templated = append(templated, p)
 		}
+		if len(p.base.path) > 0 {
+			pathed = append(pathed, p)
+		}
+	}
+	if len(pathed) < 20 {
+		f.Fatalf("only %d providers with a path in the base URL", len(pathed))
 	}
 	// The catalog has dozens of them (salesforce, zendeskSupport, shopify,
 	// marketo...); a handful would mean the filter above broke.
@@ -462,7 +519,19 @@ func FuzzResolveEmbedded(f *testing.F) {
 		f.Add(s, "/x?y=1")
 	}
 	f.Add("acme", "//evil.com/x")
+	f.Add("acme", "/../../x")
+	f.Add("..", "/x")
+	f.Add("acme", "/%2e%2e%2fx")
 	f.Fuzz(func(t *testing.T, val, path string) {
+		for _, p := range pathed {
+			meta := make(map[string]string, len(p.Metadata))
+			for _, m := range p.Metadata {
+				meta[m.Name] = val
+			}
+			if up, err := p.Resolve(meta, path); err == nil {
+				checkResolvedPath(t, p, meta, up.Path)
+			}
+		}
 		for _, p := range templated {
 			meta := make(map[string]string, len(p.Metadata))
 			for _, m := range p.Metadata {
@@ -492,6 +561,33 @@ func FuzzResolveEmbedded(f *testing.F) {
 			checkTemplatedAuthority(t, p.Name+" tokenURL", p.tokenURL, get, val, u.Host)
 		}
 	})
+}
+
+// checkResolvedPath fails unless path starts with p's template path for
+// meta and holds no dot segment by a reading independent of hasDotSegment:
+// lower-cased, the escapes of '.', '/', '\' and ';' decoded, and each of
+// '\' and ';' read as a '/'.
+func checkResolvedPath(t *testing.T, p *Provider, meta map[string]string, path string) {
+	t.Helper()
+	var prefix strings.Builder
+	for _, s := range p.base.path {
+		if s.v == "" {
+			prefix.WriteString(s.lit)
+			continue
+		}
+		v, _ := values{meta: meta, defaults: p.defaults}.get(s.v)
+		prefix.WriteString(url.PathEscape(v))
+	}
+	if !strings.HasPrefix(path, prefix.String()+"/") && path != prefix.String() {
+		t.Fatalf("%s: path %q left the template's path %q", p.Name, path, prefix.String())
+	}
+	pathOnly, _, _ := strings.Cut(path, "?")
+	norm := strings.NewReplacer("%2e", ".", "%2f", "/", "%5c", "/", "%3b", "/", "\\", "/", ";", "/").Replace(strings.ToLower(pathOnly))
+	for seg := range strings.SplitSeq(norm, "/") {
+		if seg == "." || seg == ".." {
+			t.Fatalf("%s: path %q holds a dot segment", p.Name, path)
+		}
+	}
 }
 
 // checkTemplatedAuthority fails unless authority is what tmpl allows for

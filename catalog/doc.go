@@ -62,8 +62,22 @@
 // cannot be an IP address, localhost or a name under .localhost, a single
 // label, or end in a numeric or 0x label (how resolvers accept IPv4 in
 // disguise). A value substituted into a path is escaped as one segment;
-// "." and "..", and control characters, are refused. Token URLs must be
-// https, except on loopback addresses.
+// control characters are refused, and so is a value whose escaped form a
+// server could read as a dot segment ("." and "..", and "a/../b", which
+// escapes to a%2F..%2Fb). Token URLs must be https, except on loopback
+// addresses.
+//
+// The caller's path, appended to the template's path, holds no dot
+// segment either, so that it cannot climb out of a path the template fixes
+// (bamboohr's /api/gateway.php/{{.subdomain}}, jira's /ex/jira/{{.cloudId}}):
+// [Provider.Resolve] refuses it with [ErrBadPath] (extproc answers 400
+// invalid-path). The path up to the first literal '?' is read the way the
+// most lenient server reads it: every %XX decoded once (so %2e, %2E, %2f
+// and %5c count as '.', '/' and '\'), and '/', '\' and ';' all ending a
+// segment. "/../x", "/%2e%2E/x", "/.%2e/x", "/..%2fx", "/..\x" and
+// "/..;/x" are refused; "/...", "/.well-known" and "/a..b" pass, and so
+// does a dot encoded twice (%252e), which only a server that decodes twice
+// would read as a dot.
 //
 // Some templates make a whole host a value: the base URLs of coupa,
 // emailBison, grafana, kaseyaVSAX, loxo, mercury, odoo, sentry, talkdesk,

@@ -217,10 +217,11 @@ func (t *urlTemplate) expandPath(b *strings.Builder, get values) error {
 		if err != nil {
 			return err
 		}
-		if err := checkPathValue(val); err != nil {
+		esc := url.PathEscape(val)
+		if err := checkPathValue(val, esc); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidValue, s.v, err)
 		}
-		b.WriteString(url.PathEscape(val))
+		b.WriteString(esc)
 	}
 	return nil
 }
@@ -312,9 +313,11 @@ func checkHost(h string) error {
 }
 
 // checkPathValue allows anything printable that stays one path segment once
-// escaped; dot segments would climb out of the template's path.
-func checkPathValue(v string) error {
-	if v == "." || v == ".." {
+// escaped (esc); dot segments would climb out of the template's path, also
+// ones a lenient server reads into the escaped form ("a/../b" escapes to
+// a%2F..%2Fb, and some servers decode %2F), as hasDotSegment reads them.
+func checkPathValue(v, esc string) error {
+	if hasDotSegment(esc) {
 		return errors.New("dot segments are not allowed")
 	}
 	for i := 0; i < len(v); i++ {

@@ -211,6 +211,8 @@ func TestErrors(t *testing.T) {
 		{"oversized header", "/x", append(base("x-amp-group-ref"), "x-amp-group-ref", long), 400, "invalid-header", "512"},
 		{"empty header", "/x", append(base("x-amp-group-ref"), "x-amp-group-ref", ""), 400, "invalid-header", "empty"},
 		{"relative path", "relative", base(), 400, "invalid-path", "/"},
+		{"dot segment in path", "/v1/../admin", base(), 400, "invalid-path", "segment"},
+		{"encoded dot segment in path", "/v1/%2E%2e/admin", base(), 400, "invalid-path", "segment"},
 		{"unknown project", "/x", append(base("x-amp-project-id"), "x-amp-project-id", "nope"), 401, "unauthenticated", "API key"},
 		{"wrong key", "/x", append(base("x-api-key"), "x-api-key", "wrong"), 401, "unauthenticated", "API key"},
 		{"other project's key", "/x", append(base("x-api-key"), "x-api-key", otherKey), 401, "unauthenticated", "API key"},

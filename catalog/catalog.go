@@ -189,9 +189,14 @@ func (p *Provider) compile() []error {
 		}
 		return t
 	}
-	if p.BaseURL == "" {
+	switch {
+	case p.BaseURL == "":
 		bad("baseURL", "is required")
-	} else {
+	case strings.Contains(p.BaseURL, "?"):
+		// Resolve builds the query from the caller's alone, so a fixed
+		// one would be dropped without a word.
+		bad("baseURL", "%q: must not hold a query; the caller's request brings its own", p.BaseURL)
+	default:
 		p.base = compile("baseURL", p.BaseURL)
 	}
 	switch p.AuthType {

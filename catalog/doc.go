@@ -52,7 +52,8 @@
 // and every name must be declared under metadata. A reference may stand for
 // a whole host, part of a host or a path segment; the scheme, port and query
 // are fixed by the template and cannot be templated, and a template holds no
-// userinfo, fragment, backslash or whitespace. A trailing slash on a
+// userinfo, fragment, backslash or whitespace. A base URL holds no query at
+// all: the query of a proxied request is the caller's. A trailing slash on a
 // template's path is dropped.
 //
 // A value substituted into a host must be DNS labels only: letters, digits

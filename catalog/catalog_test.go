@@ -89,6 +89,11 @@ func TestParseErrors(t *testing.T) {
 		{"bad reset format", `providers: [{name: a, baseURL: "https://a.com", authType: none, rateLimit: {resetHeaders: [{name: x-r, format: hours}]}}]`, []string{"resetHeaders[0].format"}},
 		{"allowed value holding a URL character", `providers: [{name: a, baseURL: "https://a.{{.tld}}", authType: none, metadata: [{name: tld, allowed: [com, "evil.com/x"]}]}]`, []string{"metadata[0].allowed[1]"}},
 		{"default outside allowed", `providers: [{name: a, baseURL: "https://a.{{.tld}}", authType: none, metadata: [{name: tld, default: org, allowed: [com]}]}]`, []string{"metadata[0].default", "not one of the allowed"}},
+		{"api key prefix with SOH", "providers: [{name: a, baseURL: \"https://a.com\", authType: apiKey, apiKey: {header: {name: X-Key, prefix: \"Token\\x01 \"}}}]", []string{"apiKey.header.prefix", "not allowed in a header value"}},
+		{"api key prefix with DEL", "providers: [{name: a, baseURL: \"https://a.com\", authType: apiKey, apiKey: {header: {name: X-Key, prefix: \"Token\\x7f\"}}}]", []string{"apiKey.header.prefix"}},
+		{"api key prefix with CR", "providers: [{name: a, baseURL: \"https://a.com\", authType: apiKey, apiKey: {header: {name: X-Key, prefix: \"Token\\r\"}}}]", []string{"apiKey.header.prefix"}},
+		{"oauth2 token header prefix with ESC", "providers: [{name: a, baseURL: \"https://a.com\", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: \"https://a.com/t\", header: {name: X-Token, prefix: \"\\e[1m\"}}}]", []string{"oauth2.header.prefix"}},
+		{"api key header name with a colon", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {header: {name: "X-Key:"}}}]`, []string{"apiKey.header.name"}},
 		{"oauth2 token header", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "https://a.com/t", header: {name: "X Token"}}}]`, []string{"oauth2.header.name"}},
 	}
 	for _, c := range cases {

@@ -134,7 +134,12 @@ func TestResolve(t *testing.T) {
 		wantErr           string
 	}{
 		{"sf", "acme", "/services/data/v56.0/sobjects/Account?x=1", "acme.my.salesforce.com", "/services/data/v56.0/sobjects/Account?x=1", ""},
-		{"sf", "Acme-Corp", "/", "Acme-Corp.my.salesforce.com", "/", ""},
+		// Host names are case-insensitive; the forward proxy's DNS cache and
+		// pools are keyed by :authority, so one host has one spelling.
+		{"sf", "Acme-Corp", "/", "acme-corp.my.salesforce.com", "/", ""},
+		{"whole", "API.Example.COM", "/x", "api.example.com", "/x", ""},
+		{"region", "US", "/items", "us.api.example.com:8443", "/v1/items", ""},
+		{"pathy", "ACME", "/x", "api.bamboohr.com", "/api/gateway.php/ACME/x", ""},
 		{"sf", "a.b", "/", "a.b.my.salesforce.com", "/", ""},
 		{"sf", "evil.com#", "/", "", "", "not allowed"},
 		{"sf", "a.b@c", "/", "", "", "not allowed"},
@@ -230,6 +235,9 @@ func TestTokenAndAuthURL(t *testing.T) {
 	tok, err := p.TokenURL(map[string]string{"workspace": "acme"})
 	if err != nil || tok != "https://acme.my.salesforce.com/services/oauth2/token" {
 		t.Fatalf("TokenURL = %q, %v", tok, err)
+	}
+	if tok, err := p.TokenURL(map[string]string{"workspace": "ACME"}); err != nil || tok != "https://acme.my.salesforce.com/services/oauth2/token" {
+		t.Fatalf("TokenURL of ACME = %q, %v; want the host in lower case", tok, err)
 	}
 	if _, err := p.TokenURL(map[string]string{"workspace": "evil.com/"}); err == nil {
 		t.Fatal("a bad workspace must not render a token URL")
@@ -431,7 +439,7 @@ func TestEmbeddedCatalog(t *testing.T) {
 // the template's port.
 func FuzzResolve(f *testing.F) {
 	ps := mustParse(f, testCatalog)
-	for _, s := range []string{"acme", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva"} {
+	for _, s := range []string{"acme", "ACME", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva"} {
 		f.Add(s, "/services/data?x=1")
 	}
 	f.Add("acme", "//evil.com/x")
@@ -467,7 +475,7 @@ func FuzzResolve(f *testing.F) {
 					t.Fatalf("sf: %q escaped the template (authority %q)", val, up.Authority)
 				}
 			case "whole":
-				if u.Port() != "" || net.ParseIP(host) != nil || host != up.Authority || host != val {
+				if u.Port() != "" || net.ParseIP(host) != nil || host != up.Authority || host != strings.ToLower(val) {
 					t.Fatalf("whole: %q gave authority %q", val, up.Authority)
 				}
 			case "pathy":
@@ -523,7 +531,7 @@ func FuzzResolveEmbedded(f *testing.F) {
 	if len(templated) < 40 {
 		f.Fatalf("only %d providers with a templated host", len(templated))
 	}
-	for _, s := range []string{"acme", "evil.com#", "a.b@c", "127.0.0.1", "0x7f000001", "x/y", "acme:444", "", "b\u00fccher", "a.b", "evil.com"} {
+	for _, s := range []string{"acme", "Acme.Example", "evil.com#", "a.b@c", "127.0.0.1", "0x7f000001", "x/y", "acme:444", "", "b\u00fccher", "a.b", "evil.com"} {
 		f.Add(s, "/x?y=1")
 	}
 	f.Add("acme", "//evil.com/x")
@@ -609,7 +617,7 @@ func checkTemplatedAuthority(t *testing.T, what string, tmpl *urlTemplate, get v
 			continue
 		}
 		v, _ := get.get(s.v)
-		want.WriteString(v)
+		want.WriteString(strings.ToLower(v))
 	}
 	host := want.String()
 	if tmpl.port != "" {

@@ -59,7 +59,9 @@
 // A value substituted into a host must be DNS labels only: letters, digits
 // and '-', labels separated by single dots, none empty, none starting or
 // ending with '-', at most 63 characters each and 253 in all, and never an
-// IP literal. A host that took any value is then checked as a whole: it
+// IP literal. It goes into the host in lower case (a stored ACME gives
+// acme.my.salesforce.com), so that the forward proxy, which keys its DNS
+// cache and connection pools by :authority, sees one host once. A host that took any value is then checked as a whole: it
 // cannot be an IP address, localhost or a name under .localhost, a single
 // label, or end in a numeric or 0x label (how resolvers accept IPv4 in
 // disguise). A value substituted into a path is escaped as one segment;

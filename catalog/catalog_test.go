@@ -355,6 +355,67 @@ func TestAllowedValues(t *testing.T) {
 	}
 }
 
+// TestPinnedTokenHosts: where a connection's value decides the host that
+// receives the provider app's client secret, the embedded catalog accepts
+// the vendor's own hosts only.
+func TestPinnedTokenHosts(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		provider string
+		base     map[string]string // other metadata the provider needs
+		name     string
+		good     []string
+		wantTok  string // token URL for good[0]
+	}{
+		{"talkdesk", map[string]string{"workspace": "acme"}, "talkdesk_token_domain",
+			[]string{"talkdeskid.eu", "talkdeskid.com", "talkdeskidca.com", "talkdeskid.au"}, "https://acme.talkdeskid.eu/oauth/token"},
+		{"zoho", nil, "zoho_token_domain",
+			[]string{"accounts.zoho.eu", "accounts.zoho.com", "accounts.zoho.com.au", "accounts.zohocloud.ca", "accounts.zoho.com.cn"}, "https://accounts.zoho.eu/oauth/v2/token"},
+		{"mercury", nil, "oauth_hostname",
+			[]string{"oauth2-sandbox.mercury.com", "oauth2.mercury.com"}, "https://oauth2-sandbox.mercury.com/oauth2/token"},
+		{"mercury", nil, "hostname",
+			[]string{"api-sandbox.mercury.com", "api.mercury.com"}, "https://oauth2.mercury.com/oauth2/token"},
+	} {
+		p, ok := c.Provider(tc.provider)
+		if !ok {
+			t.Fatalf("no %s", tc.provider)
+		}
+		meta := func(v string) map[string]string {
+			m := map[string]string{tc.name: v}
+			for k, v := range tc.base {
+				m[k] = v
+			}
+			return m
+		}
+		for i, v := range tc.good {
+			if err := p.ValidateMetadata(meta(v)); err != nil {
+				t.Errorf("%s %s=%s refused: %v", tc.provider, tc.name, v, err)
+			}
+			if i == 0 {
+				if tok, err := p.TokenURL(meta(v)); err != nil || tok != tc.wantTok {
+					t.Errorf("%s %s=%s: token URL %q, %v; want %s", tc.provider, tc.name, v, tok, err, tc.wantTok)
+				}
+			}
+		}
+		// Without a value the default applies, and it is one of the list.
+		if err := p.ValidateMetadata(tc.base); err != nil {
+			t.Errorf("%s with defaults: %v", tc.provider, err)
+		}
+		for _, v := range []string{"attacker.example", "talkdeskid.com.attacker.example", "accounts.zoho.com.attacker.example", "evil-mercury.com", "internal.corp"} {
+			m := meta(v)
+			if err := p.ValidateMetadata(m); !errors.Is(err, ErrInvalidValue) {
+				t.Errorf("%s %s=%s: ValidateMetadata = %v, want ErrInvalidValue", tc.provider, tc.name, v, err)
+			}
+			if u, err := p.TokenURL(m); err == nil && tc.name != "hostname" {
+				t.Errorf("%s %s=%s: token URL %s", tc.provider, tc.name, v, u)
+			}
+		}
+	}
+}
+
 // TestOAuth2Header: the access token goes in Authorization as a bearer
 // token unless the catalog names another header.
 func TestOAuth2Header(t *testing.T) {

@@ -83,16 +83,18 @@
 // would read as a dot.
 //
 // Some templates make a whole host a value: the base URLs of coupa,
-// emailBison, grafana, kaseyaVSAX, loxo, mercury, odoo, sentry, talkdesk,
-// vtiger, woocommerce and zoho, and the token URLs of coupa, mercury and
-// zoho (and talkdesk's token domain). There the connection decides where
-// requests go and, for a token URL, where the provider app's client secret
-// is sent. The checks above keep that a DNS name reached over https, but
-// cannot tell a vendor's host from an internal one; an operator who knows
-// the hosts in use can pin them in an override with allowed. A value that
-// ends a host after a literal prefix decides the domain just as much, so
-// exactOnline's extension is pinned to Exact's domains (nl, be, de, fr,
-// es, co.uk, com).
+// emailBison, grafana, kaseyaVSAX, loxo, odoo, sentry, talkdesk, vtiger,
+// woocommerce and zoho, and coupa's token URL. There the connection
+// decides where requests go and, for a token URL, where the provider app's
+// client secret is sent. The checks above keep that a DNS name reached
+// over https, but cannot tell a vendor's host from an internal one; an
+// operator who knows the hosts in use can pin them in an override with
+// allowed. A value that ends a host after a literal prefix decides the
+// domain just as much. Where the vendor documents its hosts, the embedded
+// catalog pins them: exactOnline's extension (nl, be, de, fr, es, co.uk,
+// com), talkdesk's token domain (talkdeskid.com, .eu, .au, talkdeskidca.com),
+// zoho's token domain (the accounts server of each data centre) and both
+// of mercury's hosts (production and sandbox).
 //
 // authStyle, where the client ID and secret go on a token request, is set
 // per provider from its documentation and never auto-detected: detection

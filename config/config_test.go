@@ -182,6 +182,63 @@ projects:
 	}
 }
 
+// TestBrokenOverrideStillChecksManifests: when the catalog override fails
+// to load, its own errors are reported and the manifests and providerApps
+// are still checked, against the embedded catalog, rather than skipped. A
+// provider the broken override declares is not reported as unknown.
+func TestBrokenOverrideStillChecksManifests(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "providers.local.yaml", `providers:
+  - name: myApi
+    baseURL: https://{{.tenant}}.example.com
+    authType: apiKey
+`)
+	write(t, dir, "amp.yaml", `specVersion: 1.0.0
+integrations:
+  - {name: a, provider: noSuchProvider}
+  - {name: b, provider: myApi}
+  - {name: c, provider: salesforce}
+`)
+	cfgPath := write(t, dir, "ampproxy.yaml", `grpc: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+storage: {path: db, encryptionKeyFile: key, createKey: true}
+catalog: {overrides: providers.local.yaml}
+projects:
+  - id: p1
+    apiKeys: [{sha256: `+hash("k")+`}]
+    manifest: amp.yaml
+    providerApps:
+      notAProvider: {clientID: x}
+      accuLynx: {clientID: x}
+      myApi: {clientID: x}
+      salesforce: {clientID: x}
+`)
+	_, err := Load(cfgPath)
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"providers.local.yaml",
+		"apiKey: is required",
+		`integrations[0].provider: "noSuchProvider" is not in the provider catalog`,
+		`providerApps.notAProvider: "notAProvider" is not in the provider catalog`,
+		"providerApps.accuLynx: provider accuLynx does not use OAuth2",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("errors lack %q", want)
+		}
+	}
+	for _, bad := range []string{`"myApi" is not in`, "integrations[1]", "integrations[2]", "providerApps.myApi", "providerApps.salesforce"} {
+		if strings.Contains(msg, bad) {
+			t.Errorf("errors hold %q", bad)
+		}
+	}
+	if t.Failed() {
+		t.Log(msg)
+	}
+}
+
 func TestKeyFileRotation(t *testing.T) {
 	dir := t.TempDir()
 	f := write(t, dir, "key", "old-key")

@@ -5,7 +5,9 @@
 // problem in the server config, the manifests and the catalog override is
 // reported at once, each as "file:line: field.path: what is wrong", so
 // `ampproxy check` can list them all. Relative paths are resolved against
-// the directory of the file that names them.
+// the directory of the file that names them. When the catalog override
+// fails to load, manifests and providerApps are still checked, against the
+// embedded catalog; only names the broken override declares go unchecked.
 //
 // It owns parsing and validation and the project API-key ring (KeyRing):
 // keys are compared as SHA-256 digests in constant time, and keys given by

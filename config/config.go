@@ -249,7 +249,7 @@ func parse(data []byte, file string) (*Config, error) {
 			default:
 				f := rel(k.File)
 				if _, err := readKeyFile(f); err != nil {
-					p.add(kat+".file", "%v", err)
+					p.add(kat+".file", "project %s: %v", pr.ID, err)
 					continue
 				}
 				files = append(files, f)

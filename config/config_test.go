@@ -21,6 +21,13 @@ func write(t *testing.T, dir, name, body string) string {
 	return p
 }
 
+// Keys given by file must be MinAPIKeyLen bytes or more.
+const (
+	fileKey = "amp_file-key-0123456789abcdefghijklmnop"
+	oldKey  = "amp_old-key-0123456789abcdefghijklmnopq"
+	newKey  = "amp_new-key-longer-0123456789abcdefghijklmnopq"
+)
+
 func hash(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:])
@@ -65,7 +72,7 @@ projects:
 func TestLoadGood(t *testing.T) {
 	dir := t.TempDir()
 	write(t, dir, "amp.yaml", goodManifest)
-	write(t, dir, "keys/primary", "file-key\n")
+	write(t, dir, "keys/primary", fileKey+"\n")
 	write(t, dir, "apps/sf", "secret")
 	cfgPath := write(t, dir, "ampproxy.yaml", goodConfig(hash("hashed-key")))
 	c, err := Load(cfgPath)
@@ -82,7 +89,7 @@ func TestLoadGood(t *testing.T) {
 	if !ok {
 		t.Fatal("project p1 missing")
 	}
-	for key, want := range map[string]bool{"hashed-key": true, "file-key": true, "": false, "file-key\n": false, "other": false} {
+	for key, want := range map[string]bool{"hashed-key": true, fileKey: true, "": false, fileKey + "\n": false, "other": false} {
 		if got := p.Keys.Check(key); got != want {
 			t.Errorf("Check(%q) = %v, want %v", key, got, want)
 		}
@@ -92,12 +99,12 @@ func TestLoadGood(t *testing.T) {
 		want         bool
 	}{
 		{"p1", "hashed-key", true},
-		{"p1", "file-key", true},
+		{"p1", fileKey, true},
 		{"p1", "other", false},
 		{"p1", "", false},
 		{"no-such-project", "hashed-key", false},
 		{"no-such-project", "", false},
-		{"", "file-key", false},
+		{"", fileKey, false},
 	} {
 		got, ok := c.Authenticate(tc.project, tc.key)
 		if ok != tc.want || (ok && got != p) || (!ok && got != nil) {
@@ -239,29 +246,75 @@ projects:
 	}
 }
 
+// TestAPIKeyFileRules: a key file left with a placeholder, or holding a key
+// too short to be a secret, stops the config from loading, with an error
+// naming the project and the file but not the key.
+func TestAPIKeyFileRules(t *testing.T) {
+	for _, tc := range []struct {
+		name, content string
+		want          string // "" means the key is accepted
+	}{
+		{"placeholder", "REPLACE_ME", "placeholder"},
+		{"placeholder in lower case with newline", "replace_me\n", "placeholder"},
+		{"long placeholder", "REPLACE_ME_with_the_output_of_ampproxy_keys_new", "placeholder"},
+		{"changeme", "ChangeMe", "placeholder"},
+		{"short", "hunter2-hunter2-hunter2", "at least 32"},
+		{"31 bytes and whitespace", "  " + strings.Repeat("k", 31) + "\n", "31 bytes"},
+		{"empty", " \n", "empty"},
+		{"32 bytes", strings.Repeat("k", 32), ""},
+		{"keys new", "amp_Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			write(t, dir, "amp.yaml", goodManifest)
+			keyFile := write(t, dir, "keys/primary", tc.content)
+			write(t, dir, "apps/sf", "secret")
+			_, err := Load(write(t, dir, "ampproxy.yaml", goodConfig(hash("hashed-key"))))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("loaded")
+			}
+			msg := err.Error()
+			for _, w := range []string{"projects[0].apiKeys[1].file", "project p1", keyFile, tc.want} {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q lacks %q", msg, w)
+				}
+			}
+			if k := strings.TrimSpace(tc.content); len(k) > 10 && strings.Contains(msg, k) {
+				t.Errorf("error %q holds the key", msg)
+			}
+		})
+	}
+}
+
 func TestKeyFileRotation(t *testing.T) {
 	dir := t.TempDir()
-	f := write(t, dir, "key", "old-key")
+	f := write(t, dir, "key", oldKey)
 	k := newKeyRing(nil, []string{f})
-	if !k.Check("old-key") {
+	if !k.Check(oldKey) {
 		t.Fatal("old key rejected")
 	}
 	// Kubernetes swaps the file; a new inode and size mark the change even
 	// within the same mtime granularity.
-	tmp := write(t, dir, "key.new", "new-key-longer")
+	tmp := write(t, dir, "key.new", newKey)
 	if err := os.Rename(tmp, f); err != nil {
 		t.Fatal(err)
 	}
 	if !k.Refresh() {
 		t.Fatal("Refresh saw no change")
 	}
-	if k.Check("old-key") || !k.Check("new-key-longer") {
+	if k.Check(oldKey) || !k.Check(newKey) {
 		t.Fatal("rotation not applied")
 	}
 	// A file that disappears mid-rotation keeps the last key.
 	os.Remove(f)
 	k.Refresh()
-	if !k.Check("new-key-longer") {
+	if !k.Check(newKey) {
 		t.Fatal("key lost while its file was missing")
 	}
 }

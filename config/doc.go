@@ -12,7 +12,11 @@
 // It owns parsing and validation and the project API-key ring (KeyRing):
 // keys are compared as SHA-256 digests in constant time, and keys given by
 // file are re-read when the file changes, since Kubernetes rotates mounted
-// Secrets in place. It does not open the store or listen on anything.
+// Secrets in place. A key file must hold at least MinAPIKeyLen (32) bytes
+// once surrounding whitespace is trimmed, and no placeholder such as
+// REPLACE_ME in any case: the Kubernetes bases ship one, and a deployment
+// nobody filled in must not start. A key given by its sha256 cannot be
+// judged. It does not open the store or listen on anything.
 //
 // # Caveats
 //

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,8 +95,19 @@ func (k *KeyRing) Refresh() bool {
 	return changed
 }
 
+// MinAPIKeyLen is the shortest API key a key file may hold. `ampproxy keys
+// new` makes 47-byte keys (amp_ and 32 random bytes in base64); a key
+// written by hand shorter than this is more likely a password than a
+// secret. A key given by its SHA-256 cannot be measured.
+const MinAPIKeyLen = 32
+
+// placeholders are values shipped in examples and manifests to be replaced;
+// a key file holding one (in any case) was never filled in.
+var placeholders = []string{"replace_me", "replace-me", "changeme", "change_me", "change-me"}
+
 // readKeyFile returns the key a file holds, without surrounding whitespace.
-// Errors never contain the key.
+// An empty key, a placeholder and a key shorter than MinAPIKeyLen are
+// errors. Errors name the file, never the key.
 func readKeyFile(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -105,10 +117,25 @@ func readKeyFile(path string) ([]byte, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%s: %w", path, errEmptyKey)
 	}
+	lower := bytes.ToLower(b)
+	for _, p := range placeholders {
+		if bytes.Contains(lower, []byte(p)) {
+			clear(lower)
+			return nil, fmt.Errorf("%s: %w (it holds %s): put a real key there, such as one from `ampproxy keys new`", path, errPlaceholderKey, strings.ToUpper(p))
+		}
+	}
+	clear(lower)
+	if len(b) < MinAPIKeyLen {
+		return nil, fmt.Errorf("%s: %w: it holds %d bytes, want at least %d (`ampproxy keys new` makes one)", path, errShortKey, len(b), MinAPIKeyLen)
+	}
 	return b, nil
 }
 
-var errEmptyKey = errors.New("key file is empty")
+var (
+	errEmptyKey       = errors.New("key file is empty")
+	errPlaceholderKey = errors.New("the API key is a placeholder")
+	errShortKey       = errors.New("the API key is too short")
+)
 
 // unknownProject is hashed and compared against when a caller names a
 // project that does not exist, so that it costs what a wrong key costs.

@@ -305,17 +305,68 @@ func TestKeyFileRotation(t *testing.T) {
 	if err := os.Rename(tmp, f); err != nil {
 		t.Fatal(err)
 	}
-	if !k.Refresh() {
-		t.Fatal("Refresh saw no change")
+	if changed, problems := k.Refresh(); !changed || problems != nil {
+		t.Fatalf("Refresh = %v, %v; want a change and no problem", changed, problems)
 	}
 	if k.Check(oldKey) || !k.Check(newKey) {
 		t.Fatal("rotation not applied")
 	}
-	// A file that disappears mid-rotation keeps the last key.
+	// A file that disappears mid-rotation keeps the last key, and says so
+	// once, not on every Refresh while it lasts.
 	os.Remove(f)
-	k.Refresh()
+	changed, problems := k.Refresh()
+	if changed || len(problems) != 1 || !strings.Contains(problems[0].Error(), f) {
+		t.Fatalf("Refresh of a missing file = %v, %v; want one problem naming %s", changed, problems, f)
+	}
 	if !k.Check(newKey) {
 		t.Fatal("key lost while its file was missing")
+	}
+	if _, problems := k.Refresh(); problems != nil {
+		t.Fatalf("the same problem reported again: %v", problems)
+	}
+}
+
+// TestKeyFileTurnsBad: a key file that turns empty, short or a placeholder
+// at a rotation keeps the previous key in force; each new problem is
+// reported once, without the key, and a good key afterwards is taken.
+func TestKeyFileTurnsBad(t *testing.T) {
+	dir := t.TempDir()
+	f := write(t, dir, "key", oldKey)
+	k := newKeyRing(nil, []string{f})
+	swap := func(content string) {
+		t.Helper()
+		tmp := write(t, dir, "key.new", content)
+		if err := os.Rename(tmp, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ content, want string }{
+		{"", "empty"},
+		{"short-but-not-empty", "at least 32"},
+		{"REPLACE_ME", "placeholder"},
+	} {
+		swap(tc.content)
+		changed, problems := k.Refresh()
+		if changed || len(problems) != 1 {
+			t.Fatalf("%q: Refresh = %v, %v; want no change and one problem", tc.content, changed, problems)
+		}
+		msg := problems[0].Error()
+		if !strings.Contains(msg, f) || !strings.Contains(msg, tc.want) {
+			t.Errorf("%q: problem %q lacks the file or %q", tc.content, msg, tc.want)
+		}
+		if tc.content != "" && strings.Contains(msg, tc.content) && tc.content != "REPLACE_ME" {
+			t.Errorf("problem %q holds the key", msg)
+		}
+		if !k.Check(oldKey) {
+			t.Fatalf("%q: the previous key was dropped", tc.content)
+		}
+		if _, again := k.Refresh(); again != nil {
+			t.Fatalf("%q: reported again: %v", tc.content, again)
+		}
+	}
+	swap(newKey)
+	if changed, problems := k.Refresh(); !changed || problems != nil || !k.Check(newKey) || k.Check(oldKey) {
+		t.Fatalf("good key after bad ones: Refresh = %v, %v", changed, problems)
 	}
 }
 

@@ -23,7 +23,11 @@
 // A Config is immutable once loaded; reloading builds a new one and swaps
 // it. KeyRing.Refresh compares file metadata (mtime, size, inode), and the
 // server calls it on a timer rather than relying on inotify, which does
-// not see Kubernetes' symlink swaps reliably. A key file that disappears or
-// cannot be read keeps its last key: rotate a key by changing the file,
-// and revoke one by rotating it or by removing its entry from the config.
+// not see Kubernetes' symlink swaps reliably. A key file that disappears,
+// cannot be read, or turns empty, short or a placeholder keeps its last
+// key, so that a swap caught half-way never locks callers out; Refresh
+// returns each such problem once (serve logs it as a warning, naming the
+// file, never the key) and takes the file's key again once it is good.
+// Rotate a key by changing the file, and revoke one by rotating it or by
+// removing its entry from the config: deleting the file does not revoke.
 package config

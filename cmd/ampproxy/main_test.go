@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ampproxy/ampproxy/config"
 )
 
 func writeFile(t *testing.T, dir, name, body string) string {
@@ -309,4 +312,45 @@ func waitForLog(t *testing.T, logs *syncBuffer, marker string, done chan int) st
 	}
 	t.Fatalf("serve did not start:\n%s", logs.String())
 	return ""
+}
+
+// TestRefreshKeysWarnsOnce: an API key file that turns bad at a rotation
+// keeps the previous key in force, and serve says so once per problem,
+// naming the file and not the key.
+func TestRefreshKeysWarnsOnce(t *testing.T) {
+	dir := t.TempDir()
+	const key = "amp_refresh-test-key-0123456789abcdefghij"
+	keyFile := writeFile(t, dir, "keys/primary", key+"\n")
+	cfgPath := goodConfig(t, dir, "127.0.0.1:0")
+	body, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "ampproxy.yaml", strings.Replace(string(body), "    apiKeys:\n", "    apiKeys:\n      - file: keys/primary\n", 1))
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, nil))
+	const bad = "too-short-key"
+	writeFile(t, dir, "keys/primary.new", bad)
+	if err := os.Rename(filepath.Join(dir, "keys/primary.new"), keyFile); err != nil {
+		t.Fatal(err)
+	}
+	refreshKeys(cfg, log)
+	refreshKeys(cfg, log)
+	out := logs.String()
+	if n := strings.Count(out, "API key file unusable"); n != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, keyFile) || !strings.Contains(out, `"level":"WARN"`) {
+		t.Errorf("warning lacks the file or its level:\n%s", out)
+	}
+	if strings.Contains(out, bad) || strings.Contains(out, key) {
+		t.Errorf("a key reached the log:\n%s", out)
+	}
+	if _, ok := cfg.Authenticate("demo", key); !ok {
+		t.Error("the previous key was dropped")
+	}
 }

@@ -185,11 +185,7 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 		case <-tick.C:
 		}
 		cfg := current.Load()
-		for _, p := range cfg.Projects {
-			if p.Keys.Refresh() {
-				log.Info("API keys re-read", "project", p.ID)
-			}
-		}
+		refreshKeys(cfg, log)
 		now := fileStamps(cfg.Files())
 		if !force && now == seen {
 			continue
@@ -207,6 +203,22 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 		current.Store(next)
 		apply(next)
 		log.Info("config reloaded", "projects", len(next.Projects))
+	}
+}
+
+// refreshKeys re-reads the projects' API key files. A file that turns
+// missing, unreadable or unacceptable keeps its previous key (Kubernetes
+// swaps a Secret's files, and a rotation in progress must not lock callers
+// out), with one warning per problem, naming the file and never a key.
+func refreshKeys(cfg *config.Config, log *slog.Logger) {
+	for _, p := range cfg.Projects {
+		changed, problems := p.Keys.Refresh()
+		for _, err := range problems {
+			log.Warn("API key file unusable; its previous key stays in force", "project", p.ID, "err", err)
+		}
+		if changed {
+			log.Info("API keys re-read", "project", p.ID)
+		}
 	}
 }
 

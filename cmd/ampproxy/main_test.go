@@ -163,6 +163,46 @@ func TestCheckGood(t *testing.T) {
 	}
 }
 
+// TestCheckEncryptionKey: check reads the store's key the way serve does,
+// so a key file serve would refuse is a problem here, named by its field
+// and without its content; a missing one that serve would create is not.
+func TestCheckEncryptionKey(t *testing.T) {
+	const garbage = "not-a-key-but-a-secret-all-the-same"
+	for _, tc := range []struct {
+		name, content string
+		want          string
+	}{
+		{"garbage", garbage, "neither 32 raw bytes nor valid standard base64"},
+		{"short base64", "c2hvcnQ=\n", "decodes to 5 bytes"},
+		{"empty", "\n", "is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := goodConfig(t, dir, "127.0.0.1:0")
+			key := writeFile(t, dir, "data/master.key", tc.content)
+			code, out, _ := runMain(t, "check", "--config", cfg)
+			if code != 1 || !strings.Contains(out, "storage.encryptionKeyFile") || !strings.Contains(out, tc.want) || !strings.Contains(out, key) {
+				t.Fatalf("exit %d, output:\n%s\nwant exit 1, storage.encryptionKeyFile, %s and %q", code, out, key, tc.want)
+			}
+			if strings.Contains(out, garbage) {
+				t.Errorf("check printed the key file's content:\n%s", out)
+			}
+			if b, _ := os.ReadFile(key); string(b) != tc.content {
+				t.Error("check changed the key file")
+			}
+		})
+	}
+	// createKey: true and no file yet: serve will create it; check does not.
+	dir := t.TempDir()
+	cfg := goodConfig(t, dir, "127.0.0.1:0")
+	if code, out, _ := runMain(t, "check", "--config", cfg); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "master.key")); !os.IsNotExist(err) {
+		t.Errorf("check created the key file: %v", err)
+	}
+}
+
 func goodConfig(t *testing.T, dir, grpcListen string) string {
 	t.Helper()
 	writeFile(t, dir, "amp.yaml", `specVersion: 1.0.0

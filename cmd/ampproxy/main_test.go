@@ -394,3 +394,72 @@ func TestRefreshKeysWarnsOnce(t *testing.T) {
 		t.Error("the previous key was dropped")
 	}
 }
+
+// TestUnixListenerLeavesOtherFiles: only a stale socket at grpc.listen's
+// path is removed. A regular file, a directory or a symlink there survives,
+// and serve fails with an error naming the path.
+func TestUnixListenerLeavesOtherFiles(t *testing.T) {
+	sdir, err := os.MkdirTemp("", "amp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sdir) })
+
+	file := filepath.Join(sdir, "file.sock")
+	if err := os.WriteFile(file, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(sdir, "link.sock")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(sdir, "dir.sock")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{file, link, dir} {
+		l, err := listen("unix://" + p)
+		if err == nil {
+			l.Close()
+			t.Errorf("%s: listen succeeded over something that is not a socket", p)
+			continue
+		}
+		if !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "not a socket") {
+			t.Errorf("%s: error %q does not name the path and the reason", p, err)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "precious" {
+		t.Fatalf("the file at the socket path was changed: %q, %v", b, err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Errorf("the symlink at the socket path was changed: %v", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Errorf("the directory at the socket path was changed: %v", err)
+	}
+
+	// serve refuses to start over the file, naming it.
+	cfg := goodConfig(t, t.TempDir(), "unix://"+file)
+	code, _, stderr := runMain(t, "serve", "--config", cfg)
+	if code == 0 || !strings.Contains(stderr, file) {
+		t.Errorf("serve over a regular file: exit %d, stderr %q", code, stderr)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "precious" {
+		t.Fatal("serve changed the file at the socket path")
+	}
+
+	// A stale socket, left by a process that died without removing it,
+	// is replaced.
+	stale := filepath.Join(sdir, "stale.sock")
+	sl, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl.(*net.UnixListener).SetUnlinkOnClose(false)
+	sl.Close()
+	l, err := listen("unix://" + stale)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l.Close()
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"io"
 	"log/slog"
@@ -462,4 +463,44 @@ func TestUnixListenerLeavesOtherFiles(t *testing.T) {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	l.Close()
+}
+
+// TestServeWarnsOfOpenKeyFile: serve starts with an encryption key file
+// that group or others may read, and says so once, with its path and mode;
+// a 0600 key file gets no warning.
+func TestServeWarnsOfOpenKeyFile(t *testing.T) {
+	for _, tc := range []struct {
+		mode os.FileMode
+		warn bool
+	}{{0o644, true}, {0o600, false}} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := goodConfig(t, dir, "127.0.0.1:0")
+			key := writeFile(t, dir, "data/master.key", base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n")
+			if err := os.Chmod(key, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			logs := &syncBuffer{}
+			done := make(chan int, 1)
+			go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+			t.Cleanup(func() {
+				cancel()
+				select {
+				case <-done:
+				case <-time.After(30 * time.Second):
+					t.Error("serve did not stop")
+				}
+			})
+			waitForLog(t, logs, `"admin":"`, done)
+			out := logs.String()
+			warned := strings.Contains(out, "encryption key file is open to more than its owner")
+			if warned != tc.warn {
+				t.Fatalf("warned = %v, want %v:\n%s", warned, tc.warn, out)
+			}
+			if tc.warn && (!strings.Contains(out, key) || !strings.Contains(out, `"mode":"-rw-r--r--"`)) {
+				t.Errorf("warning lacks the path or the mode:\n%s", out)
+			}
+		})
+	}
 }

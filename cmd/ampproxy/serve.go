@@ -53,6 +53,11 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// A warning, not a refusal: see LooseKeyPermissions.
+	if mode, loose, err := tokens.LooseKeyPermissions(cfg.Storage.EncryptionKeyFile); err == nil && loose {
+		log.Warn("the encryption key file is open to more than its owner; make it 0600 (or 0400), unless its directory keeps others out",
+			"path", cfg.Storage.EncryptionKeyFile, "mode", mode.String())
+	}
 	store, err := tokens.Open(cfg.Storage.Path, key, tokens.Options{})
 	if err != nil {
 		return err

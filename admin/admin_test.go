@@ -123,8 +123,8 @@ func TestGenerateConnection(t *testing.T) {
 		{
 			name: "metadata with a default and a path value",
 			req: GenerateConnectionRequest{GroupRef: "g1", ConsumerRef: "u", Provider: "testRegion", APIKey: secretAPIKey,
-				ProviderMetadata: map[string]string{"tenant": "team one/../x"}},
-			scheme: tokens.SchemeAPIKey, meta: map[string]string{"tenant": "team one/../x"},
+				ProviderMetadata: map[string]string{"tenant": "team one/x"}},
+			scheme: tokens.SchemeAPIKey, meta: map[string]string{"tenant": "team one/x"},
 			credential: tokens.Credential{APIKey: secretAPIKey},
 		},
 		{
@@ -278,6 +278,9 @@ func TestGenerateConnectionRejects(t *testing.T) {
 			want: []string{"providerMetadata.tenant must not be empty"}},
 		{name: "metadata path value dot segment", req: &GenerateConnectionRequest{GroupRef: "g", ConsumerRef: "u", Provider: "testRegion", APIKey: secretAPIKey,
 			ProviderMetadata: map[string]string{"tenant": ".."}},
+			want: []string{"providerMetadata.tenant:", "dot segments"}},
+		{name: "metadata path value climbing through an escaped slash", req: &GenerateConnectionRequest{GroupRef: "g", ConsumerRef: "u", Provider: "testRegion", APIKey: secretAPIKey,
+			ProviderMetadata: map[string]string{"tenant": "team one/../x"}},
 			want: []string{"providerMetadata.tenant:", "dot segments"}},
 		{name: "metadata region hostile", req: &GenerateConnectionRequest{GroupRef: "g", ConsumerRef: "u", Provider: "testRegion", APIKey: secretAPIKey,
 			ProviderMetadata: map[string]string{"tenant": "t", "region": "evil.com:443/"}},

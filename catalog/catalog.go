@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/net/http/httpguts"
 )
 
 //go:embed providers.yaml
@@ -189,9 +190,14 @@ func (p *Provider) compile() []error {
 		}
 		return t
 	}
-	if p.BaseURL == "" {
+	switch {
+	case p.BaseURL == "":
 		bad("baseURL", "is required")
-	} else {
+	case strings.Contains(p.BaseURL, "?"):
+		// Resolve builds the query from the caller's alone, so a fixed
+		// one would be dropped without a word.
+		bad("baseURL", "%q: must not hold a query; the caller's request brings its own", p.BaseURL)
+	default:
 		p.base = compile("baseURL", p.BaseURL)
 	}
 	switch p.AuthType {
@@ -239,8 +245,8 @@ func (p *Provider) compile() []error {
 			switch {
 			case !validHeaderName(h.Name):
 				bad("oauth2.header.name", "%q is not a valid header name", h.Name)
-			case strings.ContainsAny(h.Prefix, "\r\n\x00"):
-				bad("oauth2.header.prefix", "holds a control character")
+			case !httpguts.ValidHeaderFieldValue(h.Prefix):
+				bad("oauth2.header.prefix", "holds a character not allowed in a header value (a control character)")
 			default:
 				p.tokenHeader, p.tokenPrefix = strings.ToLower(h.Name), h.Prefix
 			}
@@ -257,8 +263,8 @@ func (p *Provider) compile() []error {
 			bad("apiKey", "needs exactly one of header and query")
 		case k.Header != nil && !validHeaderName(k.Header.Name):
 			bad("apiKey.header.name", "%q is not a valid header name", k.Header.Name)
-		case k.Header != nil && strings.ContainsAny(k.Header.Prefix, "\r\n\x00"):
-			bad("apiKey.header.prefix", "holds a control character")
+		case k.Header != nil && !httpguts.ValidHeaderFieldValue(k.Header.Prefix):
+			bad("apiKey.header.prefix", "holds a character not allowed in a header value (a control character)")
 		case k.Query != "" && url.QueryEscape(k.Query) != k.Query:
 			bad("apiKey.query", "%q must be a plain parameter name", k.Query)
 		}
@@ -308,19 +314,6 @@ func isLoopback(t *urlTemplate) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// validHeaderName reports whether s is an RFC 9110 token.
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-			continue
-		}
-		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
-			return false
-		}
-	}
-	return true
-}
+// validHeaderName reports whether s is an RFC 9110 token, the rule Envoy
+// and net/http apply to header names.
+func validHeaderName(s string) bool { return httpguts.ValidHeaderFieldName(s) }

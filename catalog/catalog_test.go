@@ -56,6 +56,11 @@ providers:
     apiKey: {header: {name: X-Api-Key}}
     metadata: [{name: region, default: eu}]
     proxy: true
+  - name: jira
+    baseURL: https://api.atlassian.com/ex/jira/{{.cloudId}}/rest/api
+    authType: basic
+    metadata: [{name: cloudId}]
+    proxy: true
 `
 
 func TestParseErrors(t *testing.T) {
@@ -77,10 +82,18 @@ func TestParseErrors(t *testing.T) {
 		{"apiKey neither", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {}}]`, []string{"exactly one of header and query"}},
 		{"templated port", `providers: [{name: a, baseURL: "https://a.com:{{.p}}", authType: none, metadata: [{name: p}]}]`, []string{"port cannot be templated"}},
 		{"userinfo", `providers: [{name: a, baseURL: "https://u@a.com", authType: none}]`, []string{"baseURL"}},
+		{"query in base URL", `providers: [{name: a, baseURL: "https://a.com/v1?key=x", authType: none}]`, []string{"baseURL", "must not hold a query"}},
+		{"empty query in base URL", `providers: [{name: a, baseURL: "https://a.com/v1?", authType: none}]`, []string{"baseURL", "must not hold a query"}},
+		{"fragment in base URL", `providers: [{name: a, baseURL: "https://a.com/v1#top", authType: none}]`, []string{"baseURL", "#"}},
 		{"bad auth type", `providers: [{name: a, baseURL: "https://a.com", authType: magic}]`, []string{`authType: "magic"`}},
 		{"bad reset format", `providers: [{name: a, baseURL: "https://a.com", authType: none, rateLimit: {resetHeaders: [{name: x-r, format: hours}]}}]`, []string{"resetHeaders[0].format"}},
 		{"allowed value holding a URL character", `providers: [{name: a, baseURL: "https://a.{{.tld}}", authType: none, metadata: [{name: tld, allowed: [com, "evil.com/x"]}]}]`, []string{"metadata[0].allowed[1]"}},
 		{"default outside allowed", `providers: [{name: a, baseURL: "https://a.{{.tld}}", authType: none, metadata: [{name: tld, default: org, allowed: [com]}]}]`, []string{"metadata[0].default", "not one of the allowed"}},
+		{"api key prefix with SOH", "providers: [{name: a, baseURL: \"https://a.com\", authType: apiKey, apiKey: {header: {name: X-Key, prefix: \"Token\\x01 \"}}}]", []string{"apiKey.header.prefix", "not allowed in a header value"}},
+		{"api key prefix with DEL", "providers: [{name: a, baseURL: \"https://a.com\", authType: apiKey, apiKey: {header: {name: X-Key, prefix: \"Token\\x7f\"}}}]", []string{"apiKey.header.prefix"}},
+		{"api key prefix with CR", "providers: [{name: a, baseURL: \"https://a.com\", authType: apiKey, apiKey: {header: {name: X-Key, prefix: \"Token\\r\"}}}]", []string{"apiKey.header.prefix"}},
+		{"oauth2 token header prefix with ESC", "providers: [{name: a, baseURL: \"https://a.com\", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: \"https://a.com/t\", header: {name: X-Token, prefix: \"\\e[1m\"}}}]", []string{"oauth2.header.prefix"}},
+		{"api key header name with a colon", `providers: [{name: a, baseURL: "https://a.com", authType: apiKey, apiKey: {header: {name: "X-Key:"}}}]`, []string{"apiKey.header.name"}},
 		{"oauth2 token header", `providers: [{name: a, baseURL: "https://a.com", authType: oauth2, oauth2: {grantType: clientCredentials, authStyle: inHeader, tokenURL: "https://a.com/t", header: {name: "X Token"}}}]`, []string{"oauth2.header.name"}},
 	}
 	for _, c := range cases {
@@ -121,7 +134,12 @@ func TestResolve(t *testing.T) {
 		wantErr           string
 	}{
 		{"sf", "acme", "/services/data/v56.0/sobjects/Account?x=1", "acme.my.salesforce.com", "/services/data/v56.0/sobjects/Account?x=1", ""},
-		{"sf", "Acme-Corp", "/", "Acme-Corp.my.salesforce.com", "/", ""},
+		// Host names are case-insensitive; the forward proxy's DNS cache and
+		// pools are keyed by :authority, so one host has one spelling.
+		{"sf", "Acme-Corp", "/", "acme-corp.my.salesforce.com", "/", ""},
+		{"whole", "API.Example.COM", "/x", "api.example.com", "/x", ""},
+		{"region", "US", "/items", "us.api.example.com:8443", "/v1/items", ""},
+		{"pathy", "ACME", "/x", "api.bamboohr.com", "/api/gateway.php/ACME/x", ""},
 		{"sf", "a.b", "/", "a.b.my.salesforce.com", "/", ""},
 		{"sf", "evil.com#", "/", "", "", "not allowed"},
 		{"sf", "a.b@c", "/", "", "", "not allowed"},
@@ -145,8 +163,19 @@ func TestResolve(t *testing.T) {
 		{"whole", "intranet", "/", "", "", "single-label"},
 		{"whole", "10.0.0.1.nip.io", "/", "10.0.0.1.nip.io", "/", ""},
 		{"pathy", "acme", "/v1/employees?x=1", "api.bamboohr.com", "/api/gateway.php/acme/v1/employees?x=1", ""},
-		{"pathy", "a/../b", "/x", "api.bamboohr.com", "/api/gateway.php/a%2F..%2Fb/x", ""},
+		{"pathy", "a/b", "/x", "api.bamboohr.com", "/api/gateway.php/a%2Fb/x", ""},
+		{"pathy", "...", "/x", "api.bamboohr.com", "/api/gateway.php/.../x", ""},
 		{"pathy", "..", "/x", "", "", "dot segments"},
+		// A server that decodes %2F would climb out of the template.
+		{"pathy", "a/../b", "/x", "", "", "dot segments"},
+		{"pathy", "..;", "/x", "", "", "dot segments"},
+		{"pathy", `..\`, "/x", "", "", "dot segments"},
+		// The caller's path cannot climb out of the template's path either.
+		{"pathy", "acme", "/../../other/v1", "", "", "path segment"},
+		{"pathy", "acme", "/v1/./employees", "", "", "path segment"},
+		{"jira", "c1", "/../../confluence/x", "", "", "path segment"},
+		{"jira", "c1", "/%2e%2e/x", "", "", "path segment"},
+		{"jira", "c1", "/v1/.well-known/x?a=..", "api.atlassian.com", "/ex/jira/c1/rest/api/v1/.well-known/x?a=..", ""},
 		{"region", "", "/items", "eu.api.example.com:8443", "/v1/items", ""},
 		{"region", "us", "/items", "us.api.example.com:8443", "/v1/items", ""},
 	}
@@ -175,11 +204,40 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestDotSegments: every way a server may read a segment as "." or "..",
+// and the look-alikes that are plain names.
+func TestDotSegments(t *testing.T) {
+	for _, p := range []string{
+		"/..", "/.", "/../x", "/a/./b", "/a/..", "/a/..?q", "/..?x=1",
+		"/%2e%2e/x", "/%2E%2E/x", "/.%2e/x", "/%2e./x", "/%2e/x", "/%2E",
+		"/..%2fx", "/..%2Fx", "/a%2f..%2fb", "/a%2F.%2Fb", "/a\\..\\b", "/..%5cx", "/a%5C..",
+		"/..;/x", "/.;jsessionid=1/x", "/a/..%3b/x", "/a;/../b",
+	} {
+		if !hasDotSegment(p) {
+			t.Errorf("%q: dot segment not found", p)
+		}
+		if err := checkRequestPath(p); !errors.Is(err, ErrBadPath) {
+			t.Errorf("checkRequestPath(%q) = %v, want ErrBadPath", p, err)
+		}
+	}
+	for _, p := range []string{
+		"/", "/x", "/...", "/a..b", "/.well-known/x", "/a./b", "/.a/b", "/x?y=/../..",
+		"/%2e%2e%2e", "/%252e%252e/x", "/%2g../x", "/a%2", "/a%", "/v1.2/x", "//x",
+	} {
+		if hasDotSegment(p) {
+			t.Errorf("%q: taken for a dot segment", p)
+		}
+	}
+}
+
 func TestTokenAndAuthURL(t *testing.T) {
 	p := mustParse(t, testCatalog)["sf"]
 	tok, err := p.TokenURL(map[string]string{"workspace": "acme"})
 	if err != nil || tok != "https://acme.my.salesforce.com/services/oauth2/token" {
 		t.Fatalf("TokenURL = %q, %v", tok, err)
+	}
+	if tok, err := p.TokenURL(map[string]string{"workspace": "ACME"}); err != nil || tok != "https://acme.my.salesforce.com/services/oauth2/token" {
+		t.Fatalf("TokenURL of ACME = %q, %v; want the host in lower case", tok, err)
 	}
 	if _, err := p.TokenURL(map[string]string{"workspace": "evil.com/"}); err == nil {
 		t.Fatal("a bad workspace must not render a token URL")
@@ -297,6 +355,67 @@ func TestAllowedValues(t *testing.T) {
 	}
 }
 
+// TestPinnedTokenHosts: where a connection's value decides the host that
+// receives the provider app's client secret, the embedded catalog accepts
+// the vendor's own hosts only.
+func TestPinnedTokenHosts(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		provider string
+		base     map[string]string // other metadata the provider needs
+		name     string
+		good     []string
+		wantTok  string // token URL for good[0]
+	}{
+		{"talkdesk", map[string]string{"workspace": "acme"}, "talkdesk_token_domain",
+			[]string{"talkdeskid.eu", "talkdeskid.com", "talkdeskidca.com", "talkdeskid.au"}, "https://acme.talkdeskid.eu/oauth/token"},
+		{"zoho", nil, "zoho_token_domain",
+			[]string{"accounts.zoho.eu", "accounts.zoho.com", "accounts.zoho.com.au", "accounts.zohocloud.ca", "accounts.zoho.com.cn"}, "https://accounts.zoho.eu/oauth/v2/token"},
+		{"mercury", nil, "oauth_hostname",
+			[]string{"oauth2-sandbox.mercury.com", "oauth2.mercury.com"}, "https://oauth2-sandbox.mercury.com/oauth2/token"},
+		{"mercury", nil, "hostname",
+			[]string{"api-sandbox.mercury.com", "api.mercury.com"}, "https://oauth2.mercury.com/oauth2/token"},
+	} {
+		p, ok := c.Provider(tc.provider)
+		if !ok {
+			t.Fatalf("no %s", tc.provider)
+		}
+		meta := func(v string) map[string]string {
+			m := map[string]string{tc.name: v}
+			for k, v := range tc.base {
+				m[k] = v
+			}
+			return m
+		}
+		for i, v := range tc.good {
+			if err := p.ValidateMetadata(meta(v)); err != nil {
+				t.Errorf("%s %s=%s refused: %v", tc.provider, tc.name, v, err)
+			}
+			if i == 0 {
+				if tok, err := p.TokenURL(meta(v)); err != nil || tok != tc.wantTok {
+					t.Errorf("%s %s=%s: token URL %q, %v; want %s", tc.provider, tc.name, v, tok, err, tc.wantTok)
+				}
+			}
+		}
+		// Without a value the default applies, and it is one of the list.
+		if err := p.ValidateMetadata(tc.base); err != nil {
+			t.Errorf("%s with defaults: %v", tc.provider, err)
+		}
+		for _, v := range []string{"attacker.example", "talkdeskid.com.attacker.example", "accounts.zoho.com.attacker.example", "evil-mercury.com", "internal.corp"} {
+			m := meta(v)
+			if err := p.ValidateMetadata(m); !errors.Is(err, ErrInvalidValue) {
+				t.Errorf("%s %s=%s: ValidateMetadata = %v, want ErrInvalidValue", tc.provider, tc.name, v, err)
+			}
+			if u, err := p.TokenURL(m); err == nil && tc.name != "hostname" {
+				t.Errorf("%s %s=%s: token URL %s", tc.provider, tc.name, v, u)
+			}
+		}
+	}
+}
+
 // TestOAuth2Header: the access token goes in Authorization as a bearer
 // token unless the catalog names another header.
 func TestOAuth2Header(t *testing.T) {
@@ -381,18 +500,23 @@ func TestEmbeddedCatalog(t *testing.T) {
 // the template's port.
 func FuzzResolve(f *testing.F) {
 	ps := mustParse(f, testCatalog)
-	for _, s := range []string{"acme", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva"} {
+	for _, s := range []string{"acme", "ACME", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva"} {
 		f.Add(s, "/services/data?x=1")
 	}
 	f.Add("acme", "//evil.com/x")
 	f.Add("acme", "/@evil.com")
+	for _, path := range []string{"/../x", "/a/%2e%2E/b", "/.%2e/x", "/..%2fx", "/..;/x", "/a\\..\\b", "/x?y=/.."} {
+		f.Add("acme", path)
+	}
 	f.Fuzz(func(t *testing.T, val, path string) {
-		for _, name := range []string{"sf", "whole", "pathy", "region"} {
+		for _, name := range []string{"sf", "whole", "pathy", "region", "jira"} {
 			p := ps[name]
-			up, err := p.Resolve(map[string]string{p.Metadata[0].Name: val}, path)
+			meta := map[string]string{p.Metadata[0].Name: val}
+			up, err := p.Resolve(meta, path)
 			if err != nil {
 				continue
 			}
+			checkResolvedPath(t, p, meta, up.Path)
 			// The caller's path is theirs to get wrong (a stray %); only the
 			// scheme and authority are ampproxy's promise.
 			u, perr := url.Parse(up.Scheme + "://" + up.Authority + "/")
@@ -412,7 +536,7 @@ func FuzzResolve(f *testing.F) {
 					t.Fatalf("sf: %q escaped the template (authority %q)", val, up.Authority)
 				}
 			case "whole":
-				if u.Port() != "" || net.ParseIP(host) != nil || host != up.Authority || host != val {
+				if u.Port() != "" || net.ParseIP(host) != nil || host != up.Authority || host != strings.ToLower(val) {
 					t.Fatalf("whole: %q gave authority %q", val, up.Authority)
 				}
 			case "pathy":
@@ -430,6 +554,10 @@ func FuzzResolve(f *testing.F) {
 				if !strings.HasSuffix(host, ".api.example.com") || u.Port() != "8443" {
 					t.Fatalf("region: %q gave %q", val, up.Authority)
 				}
+			case "jira":
+				if up.Authority != "api.atlassian.com" || !strings.HasPrefix(up.Path, "/ex/jira/") {
+					t.Fatalf("jira: %q gave %+v", val, up)
+				}
 			}
 		}
 	})
@@ -446,23 +574,41 @@ func FuzzResolveEmbedded(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	var templated []*Provider
+	var templated, pathed []*Provider
 	for _, n := range c.Names() {
 		p, _ := c.Provider(n)
 		if p.base.hostVars || p.tokenURL != nil && p.tokenURL.hostVars {
 			templated = append(templated, p)
 		}
+		if len(p.base.path) > 0 {
+			pathed = append(pathed, p)
+		}
+	}
+	if len(pathed) < 20 {
+		f.Fatalf("only %d providers with a path in the base URL", len(pathed))
 	}
 	// The catalog has dozens of them (salesforce, zendeskSupport, shopify,
 	// marketo...); a handful would mean the filter above broke.
 	if len(templated) < 40 {
 		f.Fatalf("only %d providers with a templated host", len(templated))
 	}
-	for _, s := range []string{"acme", "evil.com#", "a.b@c", "127.0.0.1", "0x7f000001", "x/y", "acme:444", "", "b\u00fccher", "a.b", "evil.com"} {
+	for _, s := range []string{"acme", "Acme.Example", "evil.com#", "a.b@c", "127.0.0.1", "0x7f000001", "x/y", "acme:444", "", "b\u00fccher", "a.b", "evil.com"} {
 		f.Add(s, "/x?y=1")
 	}
 	f.Add("acme", "//evil.com/x")
+	f.Add("acme", "/../../x")
+	f.Add("..", "/x")
+	f.Add("acme", "/%2e%2e%2fx")
 	f.Fuzz(func(t *testing.T, val, path string) {
+		for _, p := range pathed {
+			meta := make(map[string]string, len(p.Metadata))
+			for _, m := range p.Metadata {
+				meta[m.Name] = val
+			}
+			if up, err := p.Resolve(meta, path); err == nil {
+				checkResolvedPath(t, p, meta, up.Path)
+			}
+		}
 		for _, p := range templated {
 			meta := make(map[string]string, len(p.Metadata))
 			for _, m := range p.Metadata {
@@ -494,6 +640,33 @@ func FuzzResolveEmbedded(f *testing.F) {
 	})
 }
 
+// checkResolvedPath fails unless path starts with p's template path for
+// meta and holds no dot segment by a reading independent of hasDotSegment:
+// lower-cased, the escapes of '.', '/', '\' and ';' decoded, and each of
+// '\' and ';' read as a '/'.
+func checkResolvedPath(t *testing.T, p *Provider, meta map[string]string, path string) {
+	t.Helper()
+	var prefix strings.Builder
+	for _, s := range p.base.path {
+		if s.v == "" {
+			prefix.WriteString(s.lit)
+			continue
+		}
+		v, _ := values{meta: meta, defaults: p.defaults}.get(s.v)
+		prefix.WriteString(url.PathEscape(v))
+	}
+	if !strings.HasPrefix(path, prefix.String()+"/") && path != prefix.String() {
+		t.Fatalf("%s: path %q left the template's path %q", p.Name, path, prefix.String())
+	}
+	pathOnly, _, _ := strings.Cut(path, "?")
+	norm := strings.NewReplacer("%2e", ".", "%2f", "/", "%5c", "/", "%3b", "/", "\\", "/", ";", "/").Replace(strings.ToLower(pathOnly))
+	for seg := range strings.SplitSeq(norm, "/") {
+		if seg == "." || seg == ".." {
+			t.Fatalf("%s: path %q holds a dot segment", p.Name, path)
+		}
+	}
+}
+
 // checkTemplatedAuthority fails unless authority is what tmpl allows for
 // the values of get; val is the fuzzed value, for the message.
 func checkTemplatedAuthority(t *testing.T, what string, tmpl *urlTemplate, get values, val, authority string) {
@@ -505,7 +678,7 @@ func checkTemplatedAuthority(t *testing.T, what string, tmpl *urlTemplate, get v
 			continue
 		}
 		v, _ := get.get(s.v)
-		want.WriteString(v)
+		want.WriteString(strings.ToLower(v))
 	}
 	host := want.String()
 	if tmpl.port != "" {

@@ -73,30 +73,49 @@
 // and every name must be declared under metadata. A reference may stand for
 // a whole host, part of a host or a path segment; the scheme, port and query
 // are fixed by the template and cannot be templated, and a template holds no
-// userinfo, fragment, backslash or whitespace. A trailing slash on a
+// userinfo, fragment, backslash or whitespace. A base URL holds no query at
+// all: the query of a proxied request is the caller's. A trailing slash on a
 // template's path is dropped.
 //
 // A value substituted into a host must be DNS labels only: letters, digits
 // and '-', labels separated by single dots, none empty, none starting or
 // ending with '-', at most 63 characters each and 253 in all, and never an
-// IP literal. A host that took any value is then checked as a whole: it
+// IP literal. It goes into the host in lower case (a stored ACME gives
+// acme.my.salesforce.com), so that the forward proxy, which keys its DNS
+// cache and connection pools by :authority, sees one host once. A host that took any value is then checked as a whole: it
 // cannot be an IP address, localhost or a name under .localhost, a single
 // label, or end in a numeric or 0x label (how resolvers accept IPv4 in
 // disguise). A value substituted into a path is escaped as one segment;
-// "." and "..", and control characters, are refused. Token URLs must be
-// https, except on loopback addresses.
+// control characters are refused, and so is a value whose escaped form a
+// server could read as a dot segment ("." and "..", and "a/../b", which
+// escapes to a%2F..%2Fb). Token URLs must be https, except on loopback
+// addresses.
+//
+// The caller's path, appended to the template's path, holds no dot
+// segment either, so that it cannot climb out of a path the template fixes
+// (bamboohr's /api/gateway.php/{{.subdomain}}, jira's /ex/jira/{{.cloudId}}):
+// [Provider.Resolve] refuses it with [ErrBadPath] (extproc answers 400
+// invalid-path). The path up to the first literal '?' is read the way the
+// most lenient server reads it: every %XX decoded once (so %2e, %2E, %2f
+// and %5c count as '.', '/' and '\'), and '/', '\' and ';' all ending a
+// segment. "/../x", "/%2e%2E/x", "/.%2e/x", "/..%2fx", "/..\x" and
+// "/..;/x" are refused; "/...", "/.well-known" and "/a..b" pass, and so
+// does a dot encoded twice (%252e), which only a server that decodes twice
+// would read as a dot.
 //
 // Some templates make a whole host a value: the base URLs of coupa,
-// emailBison, grafana, kaseyaVSAX, loxo, mercury, odoo, sentry, talkdesk,
-// vtiger, woocommerce and zoho, and the token URLs of coupa, mercury and
-// zoho (and talkdesk's token domain). There the connection decides where
-// requests go and, for a token URL, where the provider app's client secret
-// is sent. The checks above keep that a DNS name reached over https, but
-// cannot tell a vendor's host from an internal one; an operator who knows
-// the hosts in use can pin them in an override with allowed. A value that
-// ends a host after a literal prefix decides the domain just as much, so
-// exactOnline's extension is pinned to Exact's domains (nl, be, de, fr,
-// es, co.uk, com).
+// emailBison, grafana, kaseyaVSAX, loxo, odoo, sentry, talkdesk, vtiger,
+// woocommerce and zoho, and coupa's token URL. There the connection
+// decides where requests go and, for a token URL, where the provider app's
+// client secret is sent. The checks above keep that a DNS name reached
+// over https, but cannot tell a vendor's host from an internal one; an
+// operator who knows the hosts in use can pin them in an override with
+// allowed. A value that ends a host after a literal prefix decides the
+// domain just as much. Where the vendor documents its hosts, the embedded
+// catalog pins them: exactOnline's extension (nl, be, de, fr, es, co.uk,
+// com), talkdesk's token domain (talkdeskid.com, .eu, .au, talkdeskidca.com),
+// zoho's token domain (the accounts server of each data centre) and both
+// of mercury's hosts (production and sandbox).
 //
 // authStyle, where the client ID and secret go on a token request, is set
 // per provider from its documentation and never auto-detected: detection
@@ -112,7 +131,9 @@
 // Client-Id, a User-Agent) are the caller's to send. An OAuth2 provider
 // that reads its token from another header names it under oauth2.header
 // (shopify: X-Shopify-Access-Token, no prefix); the caller's own
-// Authorization is then removed all the same.
+// Authorization is then removed all the same, as it is for an API key
+// that goes in a query parameter or another header. Only authType none
+// passes the caller's Authorization on.
 //
 // Metadata names are kept as the providers' established catalogs spell
 // them (workspace, subdomain, APP_ID, zoho_api_domain) rather than forced

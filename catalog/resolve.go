@@ -102,6 +102,10 @@ func (p *Provider) APIKeyHeaderLower() string { return p.apiKeyHeader }
 
 // checkRequestPath accepts an origin-form request target. Envoy has already
 // rejected most malformed paths; this keeps ampproxy safe behind anything.
+// A dot segment is refused: the path is appended to the template's path
+// (bamboohr's /api/gateway.php/{{.subdomain}}, jira's
+// /ex/jira/{{.cloudId}}), and "/../" would climb out of it once the
+// provider or a proxy in between normalises the path.
 func checkRequestPath(pq string) error {
 	if pq == "" || pq[0] != '/' {
 		return fmt.Errorf("%w: must start with /", ErrBadPath)
@@ -111,7 +115,61 @@ func checkRequestPath(pq string) error {
 			return fmt.Errorf("%w: character %q is not allowed", ErrBadPath, c)
 		}
 	}
+	if hasDotSegment(pq) {
+		return fmt.Errorf("%w: a \".\" or \"..\" path segment is not allowed, percent-encoded or not", ErrBadPath)
+	}
 	return nil
+}
+
+// hasDotSegment reports whether the path of pq (up to a literal '?') holds
+// a segment that some server reads as "." or "..". It reads the path the
+// way the most lenient of them do: each %XX decoded once (%2e and %2E are
+// dots, %2f a slash, %5c a backslash), and '/', '\' and ';' all ending a
+// segment (Windows servers split at backslashes, Java servlet containers
+// drop ";params" from a segment). So "..", ".%2e", "%2E%2e", "..%2f",
+// "..\" and "..;x" are all dot segments; "...", ".well-known" and "a..b"
+// are not.
+func hasDotSegment(pq string) bool {
+	dots := 0 // dots since the segment began; -1 once it holds anything else
+	for i := 0; ; i++ {
+		end := i == len(pq) || pq[i] == '?'
+		var c byte
+		if !end {
+			c = pq[i]
+			if c == '%' && i+2 < len(pq) {
+				if h, l := unhex(pq[i+1]), unhex(pq[i+2]); h >= 0 && l >= 0 {
+					c = byte(h<<4 | l)
+					i += 2
+				}
+			}
+		}
+		switch {
+		case end || c == '/' || c == '\\' || c == ';':
+			if dots == 1 || dots == 2 {
+				return true
+			}
+			if end {
+				return false
+			}
+			dots = 0
+		case c == '.' && dots >= 0:
+			dots++
+		default:
+			dots = -1
+		}
+	}
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c - 'a' + 10)
+	case c >= 'A' && c <= 'F':
+		return int(c - 'A' + 10)
+	}
+	return -1
 }
 
 // SetQueryParam returns path with every parameter called name removed and

@@ -187,10 +187,25 @@ func (t *urlTemplate) expandHost(b *strings.Builder, get values) error {
 		if err != nil {
 			return err
 		}
-		if err := checkHostValue(val); err != nil {
+		upper, err := checkHostValue(val)
+		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidValue, s.v, err)
 		}
-		b.WriteString(val)
+		// Host names are case-insensitive, but the forward proxy keys its
+		// DNS cache and connection pools by :authority as given: ACME and
+		// acme would be two upstreams. A stored value keeps its case; the
+		// host gets it in lower case, at no cost for a value already so.
+		if !upper {
+			b.WriteString(val)
+			continue
+		}
+		for i := 0; i < len(val); i++ {
+			c := val[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			b.WriteByte(c)
+		}
 	}
 	// A host the template fixes is the operator's choice; only a host that
 	// took values from a connection is checked as a whole.
@@ -217,10 +232,11 @@ func (t *urlTemplate) expandPath(b *strings.Builder, get values) error {
 		if err != nil {
 			return err
 		}
-		if err := checkPathValue(val); err != nil {
+		esc := url.PathEscape(val)
+		if err := checkPathValue(val, esc); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidValue, s.v, err)
 		}
-		b.WriteString(url.PathEscape(val))
+		b.WriteString(esc)
 	}
 	return nil
 }
@@ -247,32 +263,37 @@ func (t *urlTemplate) expand(get values) (string, error) {
 }
 
 // checkHostValue accepts DNS labels separated by dots and nothing else, so
-// that a value cannot add a port, userinfo, path, query or fragment.
-func checkHostValue(v string) error {
+// that a value cannot add a port, userinfo, path, query or fragment. It
+// reports whether v holds an upper-case letter.
+func checkHostValue(v string) (upper bool, err error) {
 	if len(v) > 253 {
-		return errors.New("longer than 253 characters")
+		return false, errors.New("longer than 253 characters")
 	}
 	for label := range strings.SplitSeq(v, ".") {
 		if label == "" {
-			return errors.New("empty DNS label")
+			return false, errors.New("empty DNS label")
 		}
 		if len(label) > 63 {
-			return errors.New("DNS label longer than 63 characters")
+			return false, errors.New("DNS label longer than 63 characters")
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return fmt.Errorf("character %q is not allowed (DNS labels only: letters, digits, '-')", c)
+			switch {
+			case c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-':
+			case c >= 'A' && c <= 'Z':
+				upper = true
+			default:
+				return false, fmt.Errorf("character %q is not allowed (DNS labels only: letters, digits, '-')", c)
 			}
 		}
 		if label[0] == '-' || label[len(label)-1] == '-' {
-			return errors.New("a DNS label cannot start or end with '-'")
+			return false, errors.New("a DNS label cannot start or end with '-'")
 		}
 	}
 	if isIP(v) {
-		return errors.New("IP literals are not allowed")
+		return false, errors.New("IP literals are not allowed")
 	}
-	return nil
+	return upper, nil
 }
 
 // isIP reports whether s is an IP literal as net.ParseIP reads them. It
@@ -312,9 +333,11 @@ func checkHost(h string) error {
 }
 
 // checkPathValue allows anything printable that stays one path segment once
-// escaped; dot segments would climb out of the template's path.
-func checkPathValue(v string) error {
-	if v == "." || v == ".." {
+// escaped (esc); dot segments would climb out of the template's path, also
+// ones a lenient server reads into the escaped form ("a/../b" escapes to
+// a%2F..%2Fb, and some servers decode %2F), as hasDotSegment reads them.
+func checkPathValue(v, esc string) error {
+	if hasDotSegment(esc) {
 		return errors.New("dot segments are not allowed")
 	}
 	for i := 0; i < len(v); i++ {

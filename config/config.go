@@ -225,6 +225,7 @@ func parse(data []byte, file string) (*Config, error) {
 		}
 	}
 	c.Providers = cat
+	provs := lookupIn(cat, c.Catalog.Overrides)
 
 	if len(c.Projects) == 0 {
 		p.add("projects", "at least one project is required")
@@ -265,7 +266,7 @@ func parse(data []byte, file string) (*Config, error) {
 			default:
 				f := rel(k.File)
 				if _, err := readKeyFile(f); err != nil {
-					p.add(kat+".file", "%v", err)
+					p.add(kat+".file", "project %s: %v", pr.ID, err)
 					continue
 				}
 				files = append(files, f)
@@ -277,7 +278,7 @@ func parse(data []byte, file string) (*Config, error) {
 			p.add(at+".manifest", "is required")
 		} else {
 			pr.Manifest = rel(pr.Manifest)
-			m, errs := LoadManifest(pr.Manifest, cat)
+			m, errs := loadManifest(pr.Manifest, provs.known())
 			if len(errs) > 0 {
 				for _, e := range errs {
 					p.errs = append(p.errs, fmt.Errorf("%s: %w", p.loc.at(at+".manifest"), e))
@@ -288,12 +289,12 @@ func parse(data []byte, file string) (*Config, error) {
 
 		for name, app := range pr.ProviderApps {
 			aat := fmt.Sprintf("%s.providerApps.%s", at, name)
-			if cat != nil {
-				prov, ok := cat.Provider(name)
+			if provs.ok() {
+				prov, ok := provs.provider(name)
 				switch {
 				case !ok:
 					p.add(aat, "%q is not in the provider catalog", name)
-				case prov.AuthType != catalog.AuthOAuth2:
+				case prov != nil && prov.AuthType != catalog.AuthOAuth2:
 					p.add(aat, "provider %s does not use OAuth2", name)
 				}
 			}
@@ -343,4 +344,73 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
+}
+
+// providerLookup answers the cross-checks of manifests and providerApps
+// against the catalog. When the override file fails to load (its own
+// errors are reported), they still run against the embedded catalog, so
+// that `ampproxy check` does not hide the mistakes behind it; a name the
+// broken override declares can then be neither confirmed nor refused, and
+// passes unchecked.
+type providerLookup struct {
+	cat      *catalog.Catalog
+	override map[string]bool // names in an override that did not load
+}
+
+func lookupIn(cat *catalog.Catalog, overridePath string) providerLookup {
+	if cat != nil {
+		return providerLookup{cat: cat}
+	}
+	embedded, err := catalog.Load("")
+	if err != nil {
+		return providerLookup{}
+	}
+	return providerLookup{cat: embedded, override: overrideNames(overridePath)}
+}
+
+// ok reports whether there is a catalog to check against at all.
+func (l providerLookup) ok() bool { return l.cat != nil }
+
+// provider returns the named provider; ok with a nil provider means a
+// name of the broken override, whose entry is unknown.
+func (l providerLookup) provider(name string) (*catalog.Provider, bool) {
+	if l.override[name] {
+		return nil, true
+	}
+	return l.cat.Provider(name)
+}
+
+// known is provider for the manifest check, nil when there is no catalog.
+func (l providerLookup) known() func(string) bool {
+	if !l.ok() {
+		return nil
+	}
+	return func(name string) bool {
+		_, ok := l.provider(name)
+		return ok
+	}
+}
+
+// overrideNames reads the provider names of an override file that failed
+// to load, as far as its YAML can be read.
+func overrideNames(path string) map[string]bool {
+	if path == "" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var f struct {
+		Providers []struct {
+			Name string `yaml:"name"`
+		} `yaml:"providers"`
+	}
+	// A type error elsewhere in the file still leaves the names decoded.
+	_ = yaml.Unmarshal(data, &f)
+	names := make(map[string]bool, len(f.Providers))
+	for _, p := range f.Providers {
+		names[p.Name] = true
+	}
+	return names
 }

@@ -22,6 +22,13 @@ func write(t *testing.T, dir, name, body string) string {
 	return p
 }
 
+// Keys given by file must be MinAPIKeyLen bytes or more.
+const (
+	fileKey = "amp_file-key-0123456789abcdefghijklmnop"
+	oldKey  = "amp_old-key-0123456789abcdefghijklmnopq"
+	newKey  = "amp_new-key-longer-0123456789abcdefghijklmnopq"
+)
+
 func hash(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:])
@@ -66,7 +73,7 @@ projects:
 func TestLoadGood(t *testing.T) {
 	dir := t.TempDir()
 	write(t, dir, "amp.yaml", goodManifest)
-	write(t, dir, "keys/primary", "file-key\n")
+	write(t, dir, "keys/primary", fileKey+"\n")
 	write(t, dir, "apps/sf", "secret")
 	cfgPath := write(t, dir, "ampproxy.yaml", goodConfig(hash("hashed-key")))
 	c, err := Load(cfgPath)
@@ -86,7 +93,7 @@ func TestLoadGood(t *testing.T) {
 	if !ok {
 		t.Fatal("project p1 missing")
 	}
-	for key, want := range map[string]bool{"hashed-key": true, "file-key": true, "": false, "file-key\n": false, "other": false} {
+	for key, want := range map[string]bool{"hashed-key": true, fileKey: true, "": false, fileKey + "\n": false, "other": false} {
 		if got := p.Keys.Check(key); got != want {
 			t.Errorf("Check(%q) = %v, want %v", key, got, want)
 		}
@@ -96,12 +103,12 @@ func TestLoadGood(t *testing.T) {
 		want         bool
 	}{
 		{"p1", "hashed-key", true},
-		{"p1", "file-key", true},
+		{"p1", fileKey, true},
 		{"p1", "other", false},
 		{"p1", "", false},
 		{"no-such-project", "hashed-key", false},
 		{"no-such-project", "", false},
-		{"", "file-key", false},
+		{"", fileKey, false},
 	} {
 		got, ok := c.Authenticate(tc.project, tc.key)
 		if ok != tc.want || (ok && got != p) || (!ok && got != nil) {
@@ -189,30 +196,184 @@ projects:
 	}
 }
 
+// TestBrokenOverrideStillChecksManifests: when the catalog override fails
+// to load, its own errors are reported and the manifests and providerApps
+// are still checked, against the embedded catalog, rather than skipped. A
+// provider the broken override declares is not reported as unknown.
+func TestBrokenOverrideStillChecksManifests(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "providers.local.yaml", `providers:
+  - name: myApi
+    baseURL: https://{{.tenant}}.example.com
+    authType: apiKey
+`)
+	write(t, dir, "amp.yaml", `specVersion: 1.0.0
+integrations:
+  - {name: a, provider: noSuchProvider}
+  - {name: b, provider: myApi}
+  - {name: c, provider: salesforce}
+`)
+	cfgPath := write(t, dir, "ampproxy.yaml", `grpc: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+storage: {path: db, encryptionKeyFile: key, createKey: true}
+catalog: {overrides: providers.local.yaml}
+projects:
+  - id: p1
+    apiKeys: [{sha256: `+hash("k")+`}]
+    manifest: amp.yaml
+    providerApps:
+      notAProvider: {clientID: x}
+      accuLynx: {clientID: x}
+      myApi: {clientID: x}
+      salesforce: {clientID: x}
+`)
+	_, err := Load(cfgPath)
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"providers.local.yaml",
+		"apiKey: is required",
+		`integrations[0].provider: "noSuchProvider" is not in the provider catalog`,
+		`providerApps.notAProvider: "notAProvider" is not in the provider catalog`,
+		"providerApps.accuLynx: provider accuLynx does not use OAuth2",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("errors lack %q", want)
+		}
+	}
+	for _, bad := range []string{`"myApi" is not in`, "integrations[1]", "integrations[2]", "providerApps.myApi", "providerApps.salesforce"} {
+		if strings.Contains(msg, bad) {
+			t.Errorf("errors hold %q", bad)
+		}
+	}
+	if t.Failed() {
+		t.Log(msg)
+	}
+}
+
+// TestAPIKeyFileRules: a key file left with a placeholder, or holding a key
+// too short to be a secret, stops the config from loading, with an error
+// naming the project and the file but not the key.
+func TestAPIKeyFileRules(t *testing.T) {
+	for _, tc := range []struct {
+		name, content string
+		want          string // "" means the key is accepted
+	}{
+		{"placeholder", "REPLACE_ME", "placeholder"},
+		{"placeholder in lower case with newline", "replace_me\n", "placeholder"},
+		{"long placeholder", "REPLACE_ME_with_the_output_of_ampproxy_keys_new", "placeholder"},
+		{"changeme", "ChangeMe", "placeholder"},
+		{"short", "hunter2-hunter2-hunter2", "at least 32"},
+		{"31 bytes and whitespace", "  " + strings.Repeat("k", 31) + "\n", "31 bytes"},
+		{"empty", " \n", "empty"},
+		{"32 bytes", strings.Repeat("k", 32), ""},
+		{"keys new", "amp_Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			write(t, dir, "amp.yaml", goodManifest)
+			keyFile := write(t, dir, "keys/primary", tc.content)
+			write(t, dir, "apps/sf", "secret")
+			_, err := Load(write(t, dir, "ampproxy.yaml", goodConfig(hash("hashed-key"))))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("loaded")
+			}
+			msg := err.Error()
+			for _, w := range []string{"projects[0].apiKeys[1].file", "project p1", keyFile, tc.want} {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q lacks %q", msg, w)
+				}
+			}
+			if k := strings.TrimSpace(tc.content); len(k) > 10 && strings.Contains(msg, k) {
+				t.Errorf("error %q holds the key", msg)
+			}
+		})
+	}
+}
+
 func TestKeyFileRotation(t *testing.T) {
 	dir := t.TempDir()
-	f := write(t, dir, "key", "old-key")
+	f := write(t, dir, "key", oldKey)
 	k := newKeyRing(nil, []string{f})
-	if !k.Check("old-key") {
+	if !k.Check(oldKey) {
 		t.Fatal("old key rejected")
 	}
 	// Kubernetes swaps the file; a new inode and size mark the change even
 	// within the same mtime granularity.
-	tmp := write(t, dir, "key.new", "new-key-longer")
+	tmp := write(t, dir, "key.new", newKey)
 	if err := os.Rename(tmp, f); err != nil {
 		t.Fatal(err)
 	}
-	if !k.Refresh() {
-		t.Fatal("Refresh saw no change")
+	if changed, problems := k.Refresh(); !changed || problems != nil {
+		t.Fatalf("Refresh = %v, %v; want a change and no problem", changed, problems)
 	}
-	if k.Check("old-key") || !k.Check("new-key-longer") {
+	if k.Check(oldKey) || !k.Check(newKey) {
 		t.Fatal("rotation not applied")
 	}
-	// A file that disappears mid-rotation keeps the last key.
+	// A file that disappears mid-rotation keeps the last key, and says so
+	// once, not on every Refresh while it lasts.
 	os.Remove(f)
-	k.Refresh()
-	if !k.Check("new-key-longer") {
+	changed, problems := k.Refresh()
+	if changed || len(problems) != 1 || !strings.Contains(problems[0].Error(), f) {
+		t.Fatalf("Refresh of a missing file = %v, %v; want one problem naming %s", changed, problems, f)
+	}
+	if !k.Check(newKey) {
 		t.Fatal("key lost while its file was missing")
+	}
+	if _, problems := k.Refresh(); problems != nil {
+		t.Fatalf("the same problem reported again: %v", problems)
+	}
+}
+
+// TestKeyFileTurnsBad: a key file that turns empty, short or a placeholder
+// at a rotation keeps the previous key in force; each new problem is
+// reported once, without the key, and a good key afterwards is taken.
+func TestKeyFileTurnsBad(t *testing.T) {
+	dir := t.TempDir()
+	f := write(t, dir, "key", oldKey)
+	k := newKeyRing(nil, []string{f})
+	swap := func(content string) {
+		t.Helper()
+		tmp := write(t, dir, "key.new", content)
+		if err := os.Rename(tmp, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ content, want string }{
+		{"", "empty"},
+		{"short-but-not-empty", "at least 32"},
+		{"REPLACE_ME", "placeholder"},
+	} {
+		swap(tc.content)
+		changed, problems := k.Refresh()
+		if changed || len(problems) != 1 {
+			t.Fatalf("%q: Refresh = %v, %v; want no change and one problem", tc.content, changed, problems)
+		}
+		msg := problems[0].Error()
+		if !strings.Contains(msg, f) || !strings.Contains(msg, tc.want) {
+			t.Errorf("%q: problem %q lacks the file or %q", tc.content, msg, tc.want)
+		}
+		if tc.content != "" && strings.Contains(msg, tc.content) && tc.content != "REPLACE_ME" {
+			t.Errorf("problem %q holds the key", msg)
+		}
+		if !k.Check(oldKey) {
+			t.Fatalf("%q: the previous key was dropped", tc.content)
+		}
+		if _, again := k.Refresh(); again != nil {
+			t.Fatalf("%q: reported again: %v", tc.content, again)
+		}
+	}
+	swap(newKey)
+	if changed, problems := k.Refresh(); !changed || problems != nil || !k.Check(newKey) || k.Check(oldKey) {
+		t.Fatalf("good key after bad ones: Refresh = %v, %v", changed, problems)
 	}
 }
 

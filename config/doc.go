@@ -5,12 +5,18 @@
 // problem in the server config, the manifests and the catalog override is
 // reported at once, each as "file:line: field.path: what is wrong", so
 // `ampproxy check` can list them all. Relative paths are resolved against
-// the directory of the file that names them.
+// the directory of the file that names them. When the catalog override
+// fails to load, manifests and providerApps are still checked, against the
+// embedded catalog; only names the broken override declares go unchecked.
 //
 // It owns parsing and validation and the project API-key ring (KeyRing):
 // keys are compared as SHA-256 digests in constant time, and keys given by
 // file are re-read when the file changes, since Kubernetes rotates mounted
-// Secrets in place. It does not open the store or listen on anything.
+// Secrets in place. A key file must hold at least MinAPIKeyLen (32) bytes
+// once surrounding whitespace is trimmed, and no placeholder such as
+// REPLACE_ME in any case: the Kubernetes bases ship one, and a deployment
+// nobody filled in must not start. A key given by its sha256 cannot be
+// judged. It does not open the store or listen on anything.
 //
 // # Reloading
 //
@@ -33,7 +39,11 @@
 // A Config is immutable once loaded; reloading builds a new one and swaps
 // it. KeyRing.Refresh compares file metadata (mtime, size, inode), and the
 // server calls it on a timer rather than relying on inotify, which does
-// not see Kubernetes' symlink swaps reliably. A key file that disappears or
-// cannot be read keeps its last key: rotate a key by changing the file,
-// and revoke one by rotating it or by removing its entry from the config.
+// not see Kubernetes' symlink swaps reliably. A key file that disappears,
+// cannot be read, or turns empty, short or a placeholder keeps its last
+// key, so that a swap caught half-way never locks callers out; Refresh
+// returns each such problem once (serve logs it as a warning, naming the
+// file, never the key) and takes the file's key again once it is good.
+// Rotate a key by changing the file, and revoke one by rotating it or by
+// removing its entry from the config: deleting the file does not revoke.
 package config

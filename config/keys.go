@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,9 +22,10 @@ type KeyRing struct {
 
 	hashes atomic.Pointer[[][32]byte]
 
-	mu    sync.Mutex // serialises Refresh and guards stamp and cur
-	stamp map[string]fileStamp
-	cur   map[string][32]byte
+	mu       sync.Mutex // serialises Refresh and guards the maps below
+	stamp    map[string]fileStamp
+	cur      map[string][32]byte
+	reported map[string]string // file → the problem last returned for it
 }
 
 type fileStamp struct {
@@ -33,7 +35,7 @@ type fileStamp struct {
 }
 
 func newKeyRing(static [][32]byte, files []string) *KeyRing {
-	k := &KeyRing{static: static, files: files, stamp: map[string]fileStamp{}, cur: map[string][32]byte{}}
+	k := &KeyRing{static: static, files: files, stamp: map[string]fileStamp{}, cur: map[string][32]byte{}, reported: map[string]string{}}
 	all := append([][32]byte(nil), static...)
 	k.hashes.Store(&all)
 	k.Refresh()
@@ -56,31 +58,28 @@ func (k *KeyRing) Check(key string) bool {
 }
 
 // Refresh re-reads key files whose size, time or inode changed. A file that
-// cannot be read keeps its previous key, so a rotation in progress never
-// locks callers out; it reports whether anything changed.
-func (k *KeyRing) Refresh() bool {
+// is missing, cannot be read or holds no acceptable key (see readKeyFile)
+// keeps its previous key, so a rotation in progress, such as Kubernetes'
+// swap of a Secret's files, never locks callers out. It reports whether a
+// key changed, and the problems it found: each once, when it appears or
+// changes, not again on every call while it lasts. They name the file,
+// never a key.
+func (k *KeyRing) Refresh() (changed bool, problems []error) {
 	if len(k.files) == 0 {
-		return false
+		return false, nil
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	changed := false
 	for _, f := range k.files {
-		st, err := os.Stat(f)
-		if err != nil {
+		err := k.refreshFile(f, &changed)
+		if err == nil {
+			delete(k.reported, f)
 			continue
 		}
-		s := fileStamp{mod: st.ModTime(), size: st.Size(), ino: inode(st)}
-		if old, ok := k.stamp[f]; ok && old == s {
-			continue
+		if msg := err.Error(); k.reported[f] != msg {
+			k.reported[f] = msg
+			problems = append(problems, err)
 		}
-		key, err := readKeyFile(f)
-		if err != nil {
-			continue
-		}
-		k.stamp[f] = s
-		k.cur[f] = sha256.Sum256(key)
-		changed = true
 	}
 	if changed {
 		all := append([][32]byte(nil), k.static...)
@@ -91,11 +90,42 @@ func (k *KeyRing) Refresh() bool {
 		}
 		k.hashes.Store(&all)
 	}
-	return changed
+	return changed, problems
 }
 
+// refreshFile re-reads f if it changed, setting *changed when its key did.
+func (k *KeyRing) refreshFile(f string, changed *bool) error {
+	st, err := os.Stat(f)
+	if err != nil {
+		return err
+	}
+	s := fileStamp{mod: st.ModTime(), size: st.Size(), ino: inode(st)}
+	if old, ok := k.stamp[f]; ok && old == s {
+		return nil
+	}
+	key, err := readKeyFile(f)
+	if err != nil {
+		return err
+	}
+	k.stamp[f] = s
+	k.cur[f] = sha256.Sum256(key)
+	*changed = true
+	return nil
+}
+
+// MinAPIKeyLen is the shortest API key a key file may hold. `ampproxy keys
+// new` makes 47-byte keys (amp_ and 32 random bytes in base64); a key
+// written by hand shorter than this is more likely a password than a
+// secret. A key given by its SHA-256 cannot be measured.
+const MinAPIKeyLen = 32
+
+// placeholders are values shipped in examples and manifests to be replaced;
+// a key file holding one (in any case) was never filled in.
+var placeholders = []string{"replace_me", "replace-me", "changeme", "change_me", "change-me"}
+
 // readKeyFile returns the key a file holds, without surrounding whitespace.
-// Errors never contain the key.
+// An empty key, a placeholder and a key shorter than MinAPIKeyLen are
+// errors. Errors name the file, never the key.
 func readKeyFile(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -105,10 +135,25 @@ func readKeyFile(path string) ([]byte, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%s: %w", path, errEmptyKey)
 	}
+	lower := bytes.ToLower(b)
+	for _, p := range placeholders {
+		if bytes.Contains(lower, []byte(p)) {
+			clear(lower)
+			return nil, fmt.Errorf("%s: %w (it holds %s): put a real key there, such as one from `ampproxy keys new`", path, errPlaceholderKey, strings.ToUpper(p))
+		}
+	}
+	clear(lower)
+	if len(b) < MinAPIKeyLen {
+		return nil, fmt.Errorf("%s: %w: it holds %d bytes, want at least %d (`ampproxy keys new` makes one)", path, errShortKey, len(b), MinAPIKeyLen)
+	}
 	return b, nil
 }
 
-var errEmptyKey = errors.New("key file is empty")
+var (
+	errEmptyKey       = errors.New("key file is empty")
+	errPlaceholderKey = errors.New("the API key is a placeholder")
+	errShortKey       = errors.New("the API key is too short")
+)
 
 // unknownProject is hashed and compared against when a caller names a
 // project that does not exist, so that it costs what a wrong key costs.

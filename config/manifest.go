@@ -44,16 +44,29 @@ func (m *Manifest) Integration(name string) (*Integration, bool) {
 var integrationNameRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
 
 // LoadManifest reads and validates an amp.yaml against the catalog,
-// returning every problem at once.
+// returning every problem at once. A nil catalog skips the provider check.
 func LoadManifest(path string, cat *catalog.Catalog) (*Manifest, []error) {
+	var known func(string) bool
+	if cat != nil {
+		known = func(name string) bool {
+			_, ok := cat.Provider(name)
+			return ok
+		}
+	}
+	return loadManifest(path, known)
+}
+
+// loadManifest is LoadManifest with the provider check as a function; nil
+// skips it.
+func loadManifest(path string, known func(string) bool) (*Manifest, []error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, []error{fmt.Errorf("manifest: %w", err)}
 	}
-	return parseManifest(data, path, cat)
+	return parseManifest(data, path, known)
 }
 
-func parseManifest(data []byte, file string, cat *catalog.Catalog) (*Manifest, []error) {
+func parseManifest(data []byte, file string, known func(string) bool) (*Manifest, []error) {
 	m := &Manifest{}
 	root, errs := decodeStrict(data, file, m)
 	if root == nil && len(errs) > 0 {
@@ -78,10 +91,8 @@ func parseManifest(data []byte, file string, cat *catalog.Catalog) (*Manifest, [
 		m.byName[in.Name] = in
 		if in.Provider == "" {
 			p.add(at+".provider", "is required")
-		} else if cat != nil {
-			if _, ok := cat.Provider(in.Provider); !ok {
-				p.add(at+".provider", "%q is not in the provider catalog", in.Provider)
-			}
+		} else if known != nil && !known(in.Provider) {
+			p.add(at+".provider", "%q is not in the provider catalog", in.Provider)
 		}
 	}
 	if len(p.errs) > 0 {

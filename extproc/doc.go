@@ -5,9 +5,12 @@
 //
 // It owns the proxy contract of DESIGN §2: validating the x-amp-* headers,
 // authenticating the caller, choosing the installation (the installation
-// ID wins over integration name plus group ref), checking proxy.enabled,
-// resolving the upstream through the catalog, removing every control
-// header and setting the credential. Errors leave as an ImmediateResponse
+// ID wins over integration name plus group ref), checking proxy.enabled
+// and that the installation's connection is for the integration's
+// provider (a manifest edit can move an integration to another provider;
+// the old connection's credential must not follow it there), resolving the
+// upstream through the catalog, removing every control header and the
+// caller's own Authorization, and setting the credential. Errors leave as an ImmediateResponse
 // carrying application/problem+json. It does not own storage (a Store
 // answers look-ups from memory), the catalog, or configuration loading.
 //

@@ -82,6 +82,8 @@ func TestForwarding(t *testing.T) {
 			map[string]string{":authority": "api.key.test", ":path": "/v1/items?limit=5", "x-api-key": "Token " + providerKey}, nil},
 		{"api key in query merged and replacing the caller's", "/items?api_key=caller&q=a%20b", proxyHeaders("query-int", "g1"),
 			map[string]string{":authority": "api.query.test", ":path": "/v2/items?q=a%20b&api_key=" + providerKey}, []string{"x-api-key"}},
+		{"api key in query removes the caller's authorization", "/items", proxyHeaders("query-int", "g1", "authorization", "Bearer caller-own"),
+			map[string]string{":authority": "api.query.test", ":path": "/v2/items?api_key=" + providerKey}, []string{"authorization", "x-api-key"}},
 		{"basic", "/x", proxyHeaders("basic-int", "g1", "authorization", "Bearer caller-own"),
 			map[string]string{":authority": "api.basic.test", "authorization": basic}, []string{"x-api-key"}},
 		{"oauth2 bearer on templated host", "/services/data/v56.0/sobjects/Account", proxyHeaders("oauth-int", "g1"),
@@ -209,6 +211,8 @@ func TestErrors(t *testing.T) {
 		{"oversized header", "/x", append(base("x-amp-group-ref"), "x-amp-group-ref", long), 400, "invalid-header", "512"},
 		{"empty header", "/x", append(base("x-amp-group-ref"), "x-amp-group-ref", ""), 400, "invalid-header", "empty"},
 		{"relative path", "relative", base(), 400, "invalid-path", "/"},
+		{"dot segment in path", "/v1/../admin", base(), 400, "invalid-path", "segment"},
+		{"encoded dot segment in path", "/v1/%2E%2e/admin", base(), 400, "invalid-path", "segment"},
 		{"unknown project", "/x", append(base("x-amp-project-id"), "x-amp-project-id", "nope"), 401, "unauthenticated", "API key"},
 		{"wrong key", "/x", append(base("x-api-key"), "x-api-key", "wrong"), 401, "unauthenticated", "API key"},
 		{"other project's key", "/x", append(base("x-api-key"), "x-api-key", otherKey), 401, "unauthenticated", "API key"},
@@ -252,6 +256,28 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestConnectionProviderMismatch: an installation whose connection is for
+// another provider than its integration's is refused before the
+// connection's credential is read, so the credential never reaches the
+// integration's provider.
+func TestConnectionProviderMismatch(t *testing.T) {
+	h := newHarness(t, newFixture())
+	first, _ := h.exchange(envoyHeaders("/x", proxyHeaders("key-int", "g-mismatch")...), "200")
+	p := problemOf(t, first)
+	if p.Status != 424 || p.Type != ProblemTypePrefix+"connection-provider-mismatch" {
+		t.Fatalf("got %+v, want 424 connection-provider-mismatch", p)
+	}
+	for _, name := range []string{"testQuery", "testKey"} {
+		if !strings.Contains(p.Detail, name) {
+			t.Errorf("detail %q does not name provider %s", p.Detail, name)
+		}
+	}
+	body := string(first.GetImmediateResponse().Body)
+	if strings.Contains(body, mismatchKey) || strings.Contains(h.logs.String(), mismatchKey) {
+		t.Error("the connection's credential was echoed")
+	}
+}
+
 // TestUnknownProjectAndWrongKeyLookAlike: a caller cannot tell whether a
 // project exists.
 func TestUnknownProjectAndWrongKeyLookAlike(t *testing.T) {
@@ -265,16 +291,24 @@ func TestUnknownProjectAndWrongKeyLookAlike(t *testing.T) {
 
 func TestNoSecretInLogs(t *testing.T) {
 	h := newHarness(t, newFixture())
-	for _, integ := range []string{"key-int", "query-int", "basic-int", "oauth-int"} {
-		h.exchange(envoyHeaders("/x?api_key=zzz", proxyHeaders(integ, "g1")...), "401")
-		h.exchange(envoyHeaders("/x", proxyHeaders(integ, "nobody")...), "200")
+	// What the caller sends of its own: a key in the query, an
+	// Authorization and a Cookie.
+	const (
+		queryKey   = "caller-query-key-6a7b8c"
+		callerAuth = "Bearer caller-auth-9d8e7f"
+		cookie     = "session=caller-cookie-1a2b3c"
+	)
+	own := []string{"authorization", callerAuth, "cookie", cookie}
+	for _, integ := range []string{"key-int", "query-int", "basic-int", "oauth-int", "none-int"} {
+		h.exchange(envoyHeaders("/x?api_key="+queryKey, proxyHeaders(integ, "g1", own...)...), "401")
+		h.exchange(envoyHeaders("/x?api_key="+queryKey, proxyHeaders(integ, "nobody", own...)...), "200")
 	}
-	h.exchange(envoyHeaders("/x", "x-amp-proxy-version", "1", "x-amp-project-id", "proj", "x-api-key", callerKey+"x", "x-amp-installation-id", "i-key"), "200")
+	h.exchange(envoyHeaders("/x", append([]string{"x-amp-proxy-version", "1", "x-amp-project-id", "proj", "x-api-key", callerKey + "x", "x-amp-installation-id", "i-key"}, own...)...), "200")
 	logs := h.logs.String()
 	if !strings.Contains(logs, `"outcome":"forwarded"`) || !strings.Contains(logs, requestID) {
 		t.Fatalf("expected request lines, got:\n%s", logs)
 	}
-	for _, s := range secrets {
+	for _, s := range append(secrets, queryKey, callerAuth, cookie, "caller-auth-9d8e7f", "caller-cookie-1a2b3c") {
 		if strings.Contains(logs, s) {
 			t.Errorf("log holds secret %q", s)
 		}
@@ -296,26 +330,65 @@ func TestUnrequestedPhasesGetNeutralAnswers(t *testing.T) {
 	st.CloseSend()
 }
 
+// TestConcurrentStreams: 200 streams at once, over four integrations, each
+// get their own integration's host, credential and path, so that state
+// shared between streams by mistake shows.
 func TestConcurrentStreams(t *testing.T) {
 	h := newHarness(t, newFixture())
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("user:"+basicPass))
+	type want struct{ authority, credHeader, cred, pathSuffix string }
 	integs := []string{"key-int", "query-int", "basic-int", "oauth-int"}
+	wants := map[string]want{
+		"key-int":   {"api.key.test", "x-api-key", "Token " + providerKey, ""},
+		"query-int": {"api.query.test", "", "", "?api_key=" + providerKey},
+		"basic-int": {"api.basic.test", "authorization", basic, ""},
+		"oauth-int": {"acme.oauth.test", "authorization", "Bearer " + accessToken, ""},
+	}
 	var wg sync.WaitGroup
-	errs := make(chan error, 200)
+	errs := make(chan error, 200*4)
 	for i := range 200 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			integ := integs[i%len(integs)]
+			w := wants[integ]
 			path := fmt.Sprintf("/item/%d", i)
-			first, second := h.exchange(envoyHeaders(path, proxyHeaders(integ, "g1")...), "200")
+			req := envoyHeaders(path, proxyHeaders(integ, "g1")...)
+			first, second := h.exchange(req, "200")
 			rh := first.GetRequestHeaders()
 			if rh == nil || second.GetResponseHeaders() == nil {
 				errs <- fmt.Errorf("stream %d: %v", i, first)
 				return
 			}
-			for _, o := range rh.GetResponse().GetHeaderMutation().GetSetHeaders() {
-				if o.GetHeader().GetKey() == ":path" && !strings.Contains(string(o.GetHeader().GetRawValue()), path) {
-					errs <- fmt.Errorf("stream %d got another stream's path %s", i, o.GetHeader().GetRawValue())
+			// What the provider receives: the caller's headers, less the
+			// removals, with the sets applied.
+			got := map[string]string{}
+			for _, hv := range req.GetHeaders() {
+				got[hv.Key] = string(hv.RawValue)
+			}
+			hm := rh.GetResponse().GetHeaderMutation()
+			for _, k := range hm.GetRemoveHeaders() {
+				delete(got, k)
+			}
+			for _, o := range hm.GetSetHeaders() {
+				got[o.GetHeader().GetKey()] = string(o.GetHeader().GetRawValue())
+			}
+			wantPath := path + w.pathSuffix
+			if integ == "query-int" {
+				wantPath = "/v2" + wantPath
+			}
+			if got[":authority"] != w.authority {
+				errs <- fmt.Errorf("stream %d (%s) went to %s, want %s", i, integ, got[":authority"], w.authority)
+			}
+			if got[":path"] != wantPath {
+				errs <- fmt.Errorf("stream %d (%s) got path %s, want %s", i, integ, got[":path"], wantPath)
+			}
+			if w.credHeader != "" && got[w.credHeader] != w.cred {
+				errs <- fmt.Errorf("stream %d (%s) got %s %q, want %q", i, integ, w.credHeader, got[w.credHeader], w.cred)
+			}
+			for _, k := range []string{"authorization", "x-api-key"} {
+				if _, ok := got[k]; ok && k != w.credHeader {
+					errs <- fmt.Errorf("stream %d (%s) carries %s, which its provider does not take", i, integ, k)
 				}
 			}
 		}()

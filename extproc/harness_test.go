@@ -32,10 +32,11 @@ const (
 	basicPass   = "basic-pass-2d4e6f"
 	accessToken = "access-token-8a7b6c"
 	refreshTok  = "refresh-token-1f2e3d"
+	mismatchKey = "mismatch-key-4c5d6e"
 	requestID   = "6c1f8e1a-1111-4222-8333-944455556666"
 )
 
-var secrets = []string{callerKey, otherKey, providerKey, basicPass, accessToken, refreshTok}
+var secrets = []string{callerKey, otherKey, providerKey, basicPass, accessToken, refreshTok, mismatchKey}
 
 const overrides = `providers:
   - name: testKey
@@ -214,6 +215,12 @@ func newFixture() *fakeStore {
 		c.GroupRef = fmt.Sprintf("g-ws-%d", i)
 		f.add(c, "oauth-int", fmt.Sprintf("i-ws-%d", i))
 	}
+	// A connection of testQuery behind an installation of key-int (testKey),
+	// as left behind when a manifest edit moves an integration to another
+	// provider.
+	mismatch := conn("c-mismatch", "testQuery", tokens.Credential{APIKey: mismatchKey}, nil)
+	mismatch.GroupRef = "g-mismatch"
+	f.add(mismatch, "key-int", "i-mismatch")
 	f.add(&tokens.Connection{ID: "c-other", ProjectID: "other", Provider: "testKey", GroupRef: "g1", Status: tokens.StatusWorking,
 		Credential: tokens.Credential{APIKey: providerKey}}, "key-int", "i-other")
 	return f

@@ -78,6 +78,15 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 	if !ok || conn.ProjectID != proj.ID {
 		return nil, notFound("connection-not-found", "the installation's connection no longer exists")
 	}
+	// The host and the way the credential travels come from the
+	// integration's provider, the credential from the connection: once a
+	// manifest edit moves the integration to another provider, the old
+	// connection's secret would go to the new provider's host. Refused
+	// before anything of the credential is read.
+	if conn.Provider != integ.Provider {
+		return nil, failedDependency("connection-provider-mismatch", "the installation's connection is for provider "+conn.Provider+
+			" but integration "+integ.Name+" now uses provider "+integ.Provider+"; install the integration again with a connection for "+integ.Provider)
+	}
 	st.conn = conn
 	if conn.Status == tokens.StatusBadCredentials {
 		return nil, failedDependency("bad-credentials", "the connection's credentials were rejected by the provider; update or replace the connection")
@@ -141,13 +150,15 @@ func (s *Server) route(st *stream, h *extprocv3.HttpHeaders) (*extprocv3.Process
 
 	remove := in.remove
 	// Envoy applies removals before sets, but a header that is set must not
-	// also be listed for removal; the caller's own authorization goes
-	// whenever ampproxy supplies a credential (DESIGN §2).
+	// also be listed for removal.
 	if credHeader != "" {
 		remove = without(remove, credHeader)
-		if credHeader != "authorization" && in.hasAuthorization {
-			remove = append(remove, "authorization")
-		}
+	}
+	// The credential replaces whatever authorization the caller sent
+	// (DESIGN §2), also when it travels elsewhere (a query parameter,
+	// another header): only a provider without credential keeps it.
+	if prov.AuthType != catalog.AuthNone && credHeader != "authorization" && in.hasAuthorization {
+		remove = append(remove, "authorization")
 	}
 	return r.forward(remove), nil
 }

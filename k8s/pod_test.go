@@ -15,12 +15,14 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ampproxy/ampproxy/config"
+	"github.com/ampproxy/ampproxy/tokens"
 )
 
 // Helpers that read a rendered pod the way the kubelet would: which volume
@@ -225,46 +227,7 @@ func intOrString(t *testing.T, c *corev1.Container, v intstr.IntOrString) int32 
 // It returns the loaded config with the temporary prefix taken off again.
 func loadConfig(t *testing.T, r *rendering, pod *corev1.PodSpec, c *corev1.Container, configPath string) *config.Config {
 	t.Helper()
-	root := t.TempDir()
-	var pairs []string
-	for _, m := range c.VolumeMounts {
-		dir := filepath.Join(root, filepath.FromSlash(m.MountPath))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		pairs = append(pairs, m.MountPath+"/", filepath.ToSlash(dir)+"/")
-		v := volume(pod, m.Name)
-		if v == nil {
-			t.Fatalf("container %s: mount %s names no volume", c.Name, m.Name)
-		}
-		files, err := volumeFiles(r, v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rel, src := range files {
-			data := standIn(t)
-			if src.kind == "ConfigMap" {
-				data = configMapData(t, r, src.name, src.key)
-			}
-			f := filepath.Join(dir, filepath.FromSlash(rel))
-			if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	// One pass, so that a replaced path is never replaced again.
-	rewrite := strings.NewReplacer(pairs...)
-	src := fileFor(t, r, pod, c, configPath)
-	if src.kind != "ConfigMap" {
-		t.Fatalf("%s comes from a %s, not a ConfigMap", configPath, src.kind)
-	}
-	file := filepath.Join(root, filepath.FromSlash(configPath))
-	if err := os.WriteFile(file, []byte(rewrite.Replace(configMapData(t, r, src.name, src.key))), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	root, file := layOut(t, r, pod, c, configPath, func(fileSource) string { return standIn(t) })
 	cfg, err := config.Load(file)
 	if err != nil {
 		t.Fatalf("config.Load of %s as mounted in container %s: %v", configPath, c.Name, err)
@@ -294,6 +257,116 @@ func loadConfig(t *testing.T, r *rendering, pod *corev1.PodSpec, c *corev1.Conta
 		}
 	}
 	return cfg
+}
+
+// layOut writes the files container c would see under a temporary root,
+// each Secret key's content given by secret, and the config with its mount
+// paths rewritten to point there; it returns the root and the config file.
+func layOut(t *testing.T, r *rendering, pod *corev1.PodSpec, c *corev1.Container, configPath string, secret func(fileSource) string) (root, file string) {
+	t.Helper()
+	root = t.TempDir()
+	var pairs []string
+	for _, m := range c.VolumeMounts {
+		dir := filepath.Join(root, filepath.FromSlash(m.MountPath))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		pairs = append(pairs, m.MountPath+"/", filepath.ToSlash(dir)+"/")
+		v := volume(pod, m.Name)
+		if v == nil {
+			t.Fatalf("container %s: mount %s names no volume", c.Name, m.Name)
+		}
+		files, err := volumeFiles(r, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rel, src := range files {
+			var data string
+			if src.kind == "ConfigMap" {
+				data = configMapData(t, r, src.name, src.key)
+			} else {
+				data = secret(src)
+			}
+			f := filepath.Join(dir, filepath.FromSlash(rel))
+			if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// One pass, so that a replaced path is never replaced again.
+	rewrite := strings.NewReplacer(pairs...)
+	src := fileFor(t, r, pod, c, configPath)
+	if src.kind != "ConfigMap" {
+		t.Fatalf("%s comes from a %s, not a ConfigMap", configPath, src.kind)
+	}
+	file = filepath.Join(root, filepath.FromSlash(configPath))
+	if err := os.WriteFile(file, []byte(rewrite.Replace(configMapData(t, r, src.name, src.key))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return root, file
+}
+
+// TestUneditedSecretsFailClosed: the Secret bases ship REPLACE_ME. Laid out
+// as the container sees them, with the Secrets as rendered, the config is
+// refused for its API key file and the store's key is refused too, so a
+// deployment nobody filled in never serves.
+func TestUneditedSecretsFailClosed(t *testing.T) {
+	for _, dir := range []string{"sidecar", "gateway/base"} {
+		t.Run(dir, func(t *testing.T) {
+			r := render(t, dir)
+			var pod *corev1.PodSpec
+			for _, d := range all[*appsv1.Deployment](r, "Deployment") {
+				for _, c := range d.Spec.Template.Spec.InitContainers {
+					if c.Name == "ampproxy" {
+						pod = &d.Spec.Template.Spec
+					}
+				}
+				for _, c := range d.Spec.Template.Spec.Containers {
+					if c.Name == "ampproxy" {
+						pod = &d.Spec.Template.Spec
+					}
+				}
+			}
+			if pod == nil {
+				t.Fatal("no Deployment runs ampproxy")
+			}
+			c := container(t, pod, "ampproxy")
+			configPath := flagValue(t, c, "--config")
+			root, file := layOut(t, r, pod, c, configPath, func(src fileSource) string { return secretData(t, r, src.name, src.key) })
+			_, err := config.Load(file)
+			if err == nil || !strings.Contains(err.Error(), "placeholder") || !strings.Contains(err.Error(), root) {
+				t.Errorf("config.Load with the shipped Secrets = %v, want a placeholder API key refused", err)
+			}
+			// The API key error stops config.Load; the store's key is
+			// serve's next check, through the same loader serve uses.
+			stored := loadConfig(t, r, pod, c, configPath).Storage.EncryptionKeyFile
+			keyFile := filepath.Join(root, filepath.FromSlash(stored))
+			if _, err := tokens.LoadKey(keyFile, false); err == nil {
+				t.Errorf("the shipped %s is accepted as the store's encryption key", keyFile)
+			}
+		})
+	}
+}
+
+// secretData is a Secret key's content as rendered.
+func secretData(t *testing.T, r *rendering, name, key string) string {
+	t.Helper()
+	for _, s := range all[*corev1.Secret](r, "Secret") {
+		if s.Name != name {
+			continue
+		}
+		if v, ok := s.Data[key]; ok {
+			return string(v)
+		}
+		if v, ok := s.StringData[key]; ok {
+			return v
+		}
+	}
+	t.Fatalf("no Secret %s with key %s", name, key)
+	return ""
 }
 
 // checkConfigFiles: every secret the config names is a Secret key, the

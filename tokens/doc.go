@@ -127,6 +127,10 @@
 //     replicas may spend the same rotating refresh token.
 //   - Refresher.Close waits for refreshes in flight, up to the token
 //     timeout, rather than cancel one whose answer would then be lost.
+//   - The key file's permissions are reported, not enforced:
+//     LooseKeyPermissions tells serve when to warn (others may access it,
+//     or the group may while the process owns it), because some secret
+//     mounts show 0644 files in a directory nobody else can enter.
 //   - Decrypted credentials live in process memory for the life of the
 //     Store; their String, GoString, LogValue and MarshalJSON redact them,
 //     but a core dump would not.

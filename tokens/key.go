@@ -32,8 +32,8 @@ const keyFormat = "32 random bytes, raw (exactly 32 bytes) or standard base64 (4
 //
 // Errors name the path and the expected format but never the file's
 // content. LoadKey does not judge the file's permissions: a key readable by
-// group or others is returned like any other, and the caller decides whether
-// to warn or refuse (os.Stat(path).Mode().Perm()&0o077 != 0).
+// group or others is returned like any other, and the caller decides
+// whether to warn (see LooseKeyPermissions).
 func LoadKey(path string, create bool) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	switch {
@@ -45,6 +45,29 @@ func LoadKey(path string, create bool) ([]byte, error) {
 		return nil, fmt.Errorf("encryption key file %s does not exist: provide the key there (%s) or set storage.createKey: true to have one created", path, keyFormat)
 	}
 	return createKey(path)
+}
+
+// LooseKeyPermissions reports whether the key file at path grants more
+// access than the process needs, with its mode: any permission for others,
+// or any for its group when the file belongs to the process's own user,
+// who needs no group access to read it. Group access to a file owned by
+// another user passes: it is how Kubernetes hands a Secret to a non-root
+// container (fsGroup, defaultMode 0440; the kubelet adds group read
+// whatever the mode says).
+//
+// It is meant for a warning, not a refusal: some secret mounts show 0644
+// files inside a directory nobody else can enter, which is safe, and a
+// server that refused them would not start there.
+func LooseKeyPermissions(path string) (fs.FileMode, bool, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, false, err
+	}
+	perm := fi.Mode().Perm()
+	if !modeBitsMeanAccess {
+		return perm, false, nil
+	}
+	return perm, perm&0o007 != 0 || perm&0o070 != 0 && ownedBySelf(fi), nil
 }
 
 // parseKey decodes a key file's content. It never puts data into an error.

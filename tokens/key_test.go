@@ -179,3 +179,59 @@ func TestCreateKeyKeepsExistingFile(t *testing.T) {
 		t.Errorf("directory holds %d entries, want only the key file", len(entries))
 	}
 }
+
+// TestLooseKeyPermissions: others' access always counts, the group's only
+// when the process owns the file (a Secret mounted through fsGroup is
+// owned by root and readable by the group, which is how the process reads
+// it).
+func TestLooseKeyPermissions(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("permission bits do not describe access on Windows")
+	}
+	path := filepath.Join(t.TempDir(), "master.key")
+	if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode  os.FileMode
+		loose bool
+	}{
+		{0o600, false},
+		{0o400, false},
+		{0o640, true},
+		{0o620, true},
+		{0o604, true},
+		{0o644, true},
+		{0o602, true},
+	} {
+		if err := os.Chmod(path, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		mode, loose, err := LooseKeyPermissions(path)
+		if err != nil || mode != tc.mode || loose != tc.loose {
+			t.Errorf("mode %v: LooseKeyPermissions = %v, %v, %v; want loose %v", tc.mode, mode, loose, err, tc.loose)
+		}
+	}
+	if _, _, err := LooseKeyPermissions(path + ".missing"); err == nil {
+		t.Error("a missing file gave no error")
+	}
+	// Owned by another user, group access is how the process reads it.
+	if os.Geteuid() != 0 {
+		t.Log("not root: the case of a file owned by another user is not run")
+		return
+	}
+	if err := os.Chown(path, 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode  os.FileMode
+		loose bool
+	}{{0o440, false}, {0o640, false}, {0o444, true}} {
+		if err := os.Chmod(path, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, loose, _ := LooseKeyPermissions(path); loose != tc.loose {
+			t.Errorf("mode %v owned by another user: loose = %v, want %v", tc.mode, loose, tc.loose)
+		}
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +20,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ampproxy/ampproxy/config"
 )
 
 func writeFile(t *testing.T, dir, name, body string) string {
@@ -173,6 +177,46 @@ func TestCheckGood(t *testing.T) {
 	}
 }
 
+// TestCheckEncryptionKey: check reads the store's key the way serve does,
+// so a key file serve would refuse is a problem here, named by its field
+// and without its content; a missing one that serve would create is not.
+func TestCheckEncryptionKey(t *testing.T) {
+	const garbage = "not-a-key-but-a-secret-all-the-same"
+	for _, tc := range []struct {
+		name, content string
+		want          string
+	}{
+		{"garbage", garbage, "neither 32 raw bytes nor valid standard base64"},
+		{"short base64", "c2hvcnQ=\n", "decodes to 5 bytes"},
+		{"empty", "\n", "is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := goodConfig(t, dir, "127.0.0.1:0")
+			key := writeFile(t, dir, "data/master.key", tc.content)
+			code, out, _ := runMain(t, "check", "--config", cfg)
+			if code != 1 || !strings.Contains(out, "storage.encryptionKeyFile") || !strings.Contains(out, tc.want) || !strings.Contains(out, key) {
+				t.Fatalf("exit %d, output:\n%s\nwant exit 1, storage.encryptionKeyFile, %s and %q", code, out, key, tc.want)
+			}
+			if strings.Contains(out, garbage) {
+				t.Errorf("check printed the key file's content:\n%s", out)
+			}
+			if b, _ := os.ReadFile(key); string(b) != tc.content {
+				t.Error("check changed the key file")
+			}
+		})
+	}
+	// createKey: true and no file yet: serve will create it; check does not.
+	dir := t.TempDir()
+	cfg := goodConfig(t, dir, "127.0.0.1:0")
+	if code, out, _ := runMain(t, "check", "--config", cfg); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "master.key")); !os.IsNotExist(err) {
+		t.Errorf("check created the key file: %v", err)
+	}
+}
+
 func goodConfig(t *testing.T, dir, grpcListen string) string {
 	t.Helper()
 	writeFile(t, dir, "amp.yaml", `specVersion: 1.0.0
@@ -322,4 +366,154 @@ func waitForLog(t *testing.T, logs *syncBuffer, marker string, done chan int) st
 	}
 	t.Fatalf("serve did not start:\n%s", logs.String())
 	return ""
+}
+
+// TestRefreshKeysWarnsOnce: an API key file that turns bad at a rotation
+// keeps the previous key in force, and serve says so once per problem,
+// naming the file and not the key.
+func TestRefreshKeysWarnsOnce(t *testing.T) {
+	dir := t.TempDir()
+	const key = "amp_refresh-test-key-0123456789abcdefghij"
+	keyFile := writeFile(t, dir, "keys/primary", key+"\n")
+	cfgPath := goodConfig(t, dir, "127.0.0.1:0")
+	body, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "ampproxy.yaml", strings.Replace(string(body), "    apiKeys:\n", "    apiKeys:\n      - file: keys/primary\n", 1))
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, nil))
+	const bad = "too-short-key"
+	writeFile(t, dir, "keys/primary.new", bad)
+	if err := os.Rename(filepath.Join(dir, "keys/primary.new"), keyFile); err != nil {
+		t.Fatal(err)
+	}
+	refreshKeys(cfg, log)
+	refreshKeys(cfg, log)
+	out := logs.String()
+	if n := strings.Count(out, "API key file unusable"); n != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, keyFile) || !strings.Contains(out, `"level":"WARN"`) {
+		t.Errorf("warning lacks the file or its level:\n%s", out)
+	}
+	if strings.Contains(out, bad) || strings.Contains(out, key) {
+		t.Errorf("a key reached the log:\n%s", out)
+	}
+	if _, ok := cfg.Authenticate("demo", key); !ok {
+		t.Error("the previous key was dropped")
+	}
+}
+
+// TestUnixListenerLeavesOtherFiles: only a stale socket at grpc.listen's
+// path is removed. A regular file, a directory or a symlink there survives,
+// and serve fails with an error naming the path.
+func TestUnixListenerLeavesOtherFiles(t *testing.T) {
+	sdir, err := os.MkdirTemp("", "amp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sdir) })
+
+	file := filepath.Join(sdir, "file.sock")
+	if err := os.WriteFile(file, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(sdir, "link.sock")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(sdir, "dir.sock")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{file, link, dir} {
+		l, err := listen("unix://" + p)
+		if err == nil {
+			l.Close()
+			t.Errorf("%s: listen succeeded over something that is not a socket", p)
+			continue
+		}
+		if !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "not a socket") {
+			t.Errorf("%s: error %q does not name the path and the reason", p, err)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "precious" {
+		t.Fatalf("the file at the socket path was changed: %q, %v", b, err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Errorf("the symlink at the socket path was changed: %v", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Errorf("the directory at the socket path was changed: %v", err)
+	}
+
+	// serve refuses to start over the file, naming it.
+	cfg := goodConfig(t, t.TempDir(), "unix://"+file)
+	code, _, stderr := runMain(t, "serve", "--config", cfg)
+	if code == 0 || !strings.Contains(stderr, file) {
+		t.Errorf("serve over a regular file: exit %d, stderr %q", code, stderr)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "precious" {
+		t.Fatal("serve changed the file at the socket path")
+	}
+
+	// A stale socket, left by a process that died without removing it,
+	// is replaced.
+	stale := filepath.Join(sdir, "stale.sock")
+	sl, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl.(*net.UnixListener).SetUnlinkOnClose(false)
+	sl.Close()
+	l, err := listen("unix://" + stale)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l.Close()
+}
+
+// TestServeWarnsOfOpenKeyFile: serve starts with an encryption key file
+// that group or others may read, and says so once, with its path and mode;
+// a 0600 key file gets no warning.
+func TestServeWarnsOfOpenKeyFile(t *testing.T) {
+	for _, tc := range []struct {
+		mode os.FileMode
+		warn bool
+	}{{0o644, true}, {0o600, false}} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := goodConfig(t, dir, "127.0.0.1:0")
+			key := writeFile(t, dir, "data/master.key", base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n")
+			if err := os.Chmod(key, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			logs := &syncBuffer{}
+			done := make(chan int, 1)
+			go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+			t.Cleanup(func() {
+				cancel()
+				select {
+				case <-done:
+				case <-time.After(30 * time.Second):
+					t.Error("serve did not stop")
+				}
+			})
+			waitForLog(t, logs, `"admin":"`, done)
+			out := logs.String()
+			warned := strings.Contains(out, "encryption key file is open to more than its owner")
+			if warned != tc.warn {
+				t.Fatalf("warned = %v, want %v:\n%s", warned, tc.warn, out)
+			}
+			if tc.warn && (!strings.Contains(out, key) || !strings.Contains(out, `"mode":"-rw-r--r--"`)) {
+				t.Errorf("warning lacks the path or the mode:\n%s", out)
+			}
+		})
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,6 +49,11 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	key, err := tokens.LoadKey(cfg.Storage.EncryptionKeyFile, cfg.Storage.CreateKey)
 	if err != nil {
 		return err
+	}
+	// A warning, not a refusal: see LooseKeyPermissions.
+	if mode, loose, err := tokens.LooseKeyPermissions(cfg.Storage.EncryptionKeyFile); err == nil && loose {
+		log.Warn("the encryption key file is open to more than its owner; make it 0600 (or 0400), unless its directory keeps others out",
+			"path", cfg.Storage.EncryptionKeyFile, "mode", mode.String())
 	}
 	store, err := tokens.Open(cfg.Storage.Path, key, tokens.Options{})
 	if err != nil {
@@ -184,11 +190,7 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 		case <-tick.C:
 		}
 		cfg := current.Load()
-		for _, p := range cfg.Projects {
-			if p.Keys.Refresh() {
-				log.Info("API keys re-read", "project", p.ID)
-			}
-		}
+		refreshKeys(cfg, log)
 		now := fileStamps(cfg.Files())
 		if !force && now == seen {
 			continue
@@ -232,6 +234,22 @@ func restartOnly(running, next *config.Config) []string {
 	return changed
 }
 
+// refreshKeys re-reads the projects' API key files. A file that turns
+// missing, unreadable or unacceptable keeps its previous key (Kubernetes
+// swaps a Secret's files, and a rotation in progress must not lock callers
+// out), with one warning per problem, naming the file and never a key.
+func refreshKeys(cfg *config.Config, log *slog.Logger) {
+	for _, p := range cfg.Projects {
+		changed, problems := p.Keys.Refresh()
+		for _, err := range problems {
+			log.Warn("API key file unusable; its previous key stays in force", "project", p.ID, "err", err)
+		}
+		if changed {
+			log.Info("API keys re-read", "project", p.ID)
+		}
+	}
+}
+
 // fileStamps fingerprints files by modification time, size and inode; a
 // missing file has its own stamp, so its return is noticed too.
 func fileStamps(files []string) string {
@@ -248,7 +266,9 @@ func fileStamps(files []string) string {
 }
 
 // listen opens a TCP address or a unix:///path socket. A stale socket file
-// left by a killed process is removed first; a live one is not.
+// left by a killed process is removed first; a live one is not, and
+// neither is anything at the path that is not a socket (a mistyped path
+// must not cost a file).
 func listen(addr string) (net.Listener, error) {
 	path, ok := strings.CutPrefix(addr, "unix://")
 	if !ok {
@@ -257,12 +277,21 @@ func listen(addr string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("%s: another process is serving on this socket", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
 		return nil, err
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("%s exists and is not a socket (mode %s); it is left alone: remove it or listen elsewhere", path, fi.Mode())
+	default:
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process is serving on this socket", path)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {

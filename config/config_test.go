@@ -402,7 +402,7 @@ func TestDrainTimeout(t *testing.T) {
 	} {
 		dir := t.TempDir()
 		write(t, dir, "amp.yaml", goodManifest)
-		write(t, dir, "keys/primary", "file-key\n")
+		write(t, dir, "keys/primary", fileKey+"\n")
 		write(t, dir, "apps/sf", "secret")
 		c, err := Load(write(t, dir, "ampproxy.yaml", goodConfig(hash("k"))+tc.yaml))
 		switch {

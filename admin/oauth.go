@@ -49,11 +49,9 @@ const (
 )
 
 // defaultTokenClient has a timeout and returns a redirect as the answer
-// rather than following it (see Options.HTTPClient).
-var defaultTokenClient = &http.Client{
-	Timeout:       tokenClientTimeout,
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-}
+// rather than following it (see Options.HTTPClient), as the Refresher's
+// does.
+var defaultTokenClient = tokens.NewTokenClient(tokenClientTimeout)
 
 // pendingConnect is what a state stands for until its callback: the flow's
 // project, group and metadata, and everything of the authorization request

@@ -34,8 +34,11 @@
 // through golang.org/x/oauth2 (and its clientcredentials package) with the
 // catalog's authStyle, never auto-detection, which would send the grant a
 // second time; and on a context of the Refresher's own, never a request's,
-// that carries the token HTTP client (10 s timeout by default). Each
-// refresh builds its token source for that one call; none is kept.
+// that carries the token HTTP client (10 s timeout by default). That
+// client never follows a redirect, which would send the client secret and
+// the refresh token on to the redirect's target: a 3xx answer is a failed
+// refresh, retried with backoff. Each refresh builds its token source for
+// that one call; none is kept.
 //
 // The request path. A token valid for longer than the margin (5 minutes,
 // or the catalog's oauth2.refreshMargin, and never more than half the

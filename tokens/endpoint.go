@@ -182,6 +182,11 @@ func (r *Refresher) failed(log *slog.Logger, c *Connection, err error) refreshOu
 				"status", status, "code", code)
 		case status >= 500 || status == 429 || status == 408:
 			log.Warn("token endpoint unavailable", "status", status, "code", code)
+		case status >= 300 && status < 400:
+			// Not followed: it would carry the secret and the grant to
+			// another URL (see NewTokenClient).
+			log.Error("the token endpoint answered a redirect, which is not followed; check the provider's tokenURL",
+				"status", status)
 		default:
 			log.Error("token endpoint refused the refresh", "status", status, "code", code)
 		}

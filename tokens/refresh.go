@@ -78,10 +78,12 @@ type RefresherOptions struct {
 	// Apps finds a project's OAuth2 app for refreshing authorization-code
 	// connections. Client-credentials connections carry their own client.
 	Apps AppLookup
-	// HTTPClient calls the token endpoints. The default has a 10 s
-	// timeout. It is handed to golang.org/x/oauth2 through the context of
-	// the refresh, which is never a request's context; a refresh is
-	// bounded by HTTPClient.Timeout, or 10 s when that is zero.
+	// HTTPClient calls the token endpoints. The default is
+	// NewTokenClient(10 s). It is handed to golang.org/x/oauth2 through the
+	// context of the refresh, which is never a request's context; a
+	// refresh is bounded by HTTPClient.Timeout, or 10 s when that is zero.
+	// Whatever its CheckRedirect, the Refresher uses a copy that does not
+	// follow redirects (see NewTokenClient).
 	HTTPClient *http.Client
 	// Margin is how long before expiry a token is refreshed, unless the
 	// catalog's oauth2.refreshMargin says otherwise for the provider. A
@@ -217,7 +219,11 @@ func NewRefresher(o RefresherOptions) *Refresher {
 		onRefresh: o.OnRefresh,
 	}
 	if r.client == nil {
-		r.client = &http.Client{Timeout: DefaultTokenTimeout}
+		r.client = NewTokenClient(DefaultTokenTimeout)
+	} else {
+		c := *r.client
+		c.CheckRedirect = noRedirect
+		r.client = &c
 	}
 	r.timeout = r.client.Timeout
 	if r.timeout <= 0 {
@@ -238,6 +244,19 @@ func NewRefresher(o RefresherOptions) *Refresher {
 	r.jitter = r.fullJitter
 	return r
 }
+
+// NewTokenClient returns an HTTP client for token endpoints, with the
+// given timeout, that answers a redirect with the redirect itself instead
+// of following it. A token request carries the client secret and the grant
+// (refresh token, authorization code) in its body: following a 307 or 308
+// would post them again to wherever Location points, and a 301 to 303
+// would turn the request into a GET without them. A token endpoint that
+// redirects is misconfigured; its answer fails as an HTTP 3xx.
+func NewTokenClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, CheckRedirect: noRedirect}
+}
+
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {

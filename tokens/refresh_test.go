@@ -109,6 +109,8 @@ type envConfig struct {
 	opts RefresherOptions
 	// exactBackoff replaces full jitter with the ceiling itself.
 	exactBackoff bool
+	// defaultClient leaves opts.HTTPClient nil, as serve does.
+	defaultClient bool
 }
 
 // refreshEnv is a Refresher wired to a real OAuth2 server, a store on
@@ -157,7 +159,7 @@ func newRefreshEnv(tb testing.TB, cfg envConfig) *refreshEnv {
 			return e.srv.ClientID(), e.srv.ClientSecret(), project == testProject, nil
 		}
 	}
-	if o.HTTPClient == nil {
+	if o.HTTPClient == nil && !cfg.defaultClient {
 		e.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
 		tb.Cleanup(e.client.CloseIdleConnections)
 		o.HTTPClient = e.client
@@ -964,6 +966,57 @@ func TestErrorClassification(t *testing.T) {
 				if re.RetryAfterSeconds() < 1 {
 					t.Errorf("Retry-After %d", re.RetryAfterSeconds())
 				}
+			}
+		})
+	}
+}
+
+// TestRedirectNotFollowed: a token endpoint that redirects gets its
+// redirect back as a failed answer, with the default client and with a
+// caller's client that would follow it. The target never sees the refresh
+// token or the client secret, and the connection backs off rather than
+// being marked bad_credentials.
+func TestRedirectNotFollowed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+	}{
+		{"default client", nil},
+		{"a client that follows redirects", &http.Client{Timeout: 5 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var seen []string
+			target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				r.ParseForm()
+				mu.Lock()
+				seen = append(seen, r.Form.Encode())
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, `{"access_token":"from-the-redirect-target","expires_in":3600}`)
+			}))
+			t.Cleanup(target.Close)
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL+"/token", http.StatusTemporaryRedirect)
+			}))
+			t.Cleanup(ep.Close)
+			e := newRefreshEnv(t, envConfig{tokenURL: ep.URL, defaultClient: tc.client == nil, opts: RefresherOptions{HTTPClient: tc.client}})
+			c, _ := e.expiredConn(t)
+			_, err := e.r.AccessToken(t.Context(), c)
+			var re *RetryError
+			if !errors.As(err, &re) || !strings.Contains(re.Reason, "HTTP 307") {
+				t.Fatalf("AccessToken = %v; want a *RetryError naming HTTP 307", err)
+			}
+			if st := e.conn(t, c.ID).Status; st == StatusBadCredentials {
+				t.Error("a redirect marked the connection bad_credentials")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(seen) != 0 {
+				t.Errorf("the redirect target got %d requests", len(seen))
+			}
+			if !strings.Contains(e.logs.String(), "redirect") {
+				t.Error("the log does not say the token endpoint redirected")
 			}
 		})
 	}

@@ -78,16 +78,18 @@
 // another grant, and is not used before. If the connection's credentials
 // were replaced while the refresh ran, its answer is discarded.
 //
-// Failures. invalid_grant and unauthorized_client mark the connection
-// bad_credentials (stored) and give ErrBadCredentials (424); so does
-// invalid_client for a client-credentials connection, whose client is its
-// own. The token endpoint is not called for it again until its
+// Failures. invalid_grant marks the connection bad_credentials (stored)
+// and gives ErrBadCredentials (424); so do invalid_client and
+// unauthorized_client for a client-credentials connection, whose client is
+// its own. The token endpoint is not called for it again until its
 // credentials or status are updated; if storing the status failed, the
 // Refresher remembers it until the connection's UpdateTime changes.
-// invalid_client on an authorization-code refresh blames the project's
-// provider app, not the connection: it is logged as an error naming
-// providerApps and retried with backoff, so that an operator's mistake
-// does not mark every user's connection bad. Everything else, the
+// invalid_client and unauthorized_client on an authorization-code refresh
+// blame the project's provider app, not the connection (RFC 6749 §5.2;
+// Google answers unauthorized_client once the app's client ID changed):
+// they are logged as an error naming providerApps and retried with
+// backoff, so that an operator's mistake does not mark every user's
+// connection bad. Everything else, the
 // endpoint down, slow or answering 5xx, 429 or an unexpected 4xx or body,
 // and configuration problems, gives a *RetryError (503) and starts a
 // per-connection backoff: BackoffBase (1 s) doubled per failure in a row

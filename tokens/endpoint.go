@@ -170,14 +170,20 @@ func (r *Refresher) failed(log *slog.Logger, c *Connection, err error) refreshOu
 		if code != "" {
 			reason += " " + code
 		}
+		// invalid_client and unauthorized_client are about the client
+		// (RFC 6749 §5.2): for a client-credentials connection that is the
+		// connection's own; for an authorization-code refresh it is the
+		// project's app, shared by every connection of the provider.
+		clientRefused := code == "invalid_client" || code == "unauthorized_client"
 		switch {
-		case code == "invalid_grant" || code == "unauthorized_client" ||
-			(code == "invalid_client" && c.AuthScheme == SchemeOAuth2ClientCredentials):
+		case code == "invalid_grant" || (clientRefused && c.AuthScheme == SchemeOAuth2ClientCredentials):
 			return r.markBad(log, c, code, status)
-		case code == "invalid_client":
-			// The project's app, not the connection, was refused: marking
-			// every connection of the provider bad would take an operator's
-			// mistake out on the users. Back off and say so loudly.
+		case clientRefused:
+			// The project's app, not the connection, was refused (Google
+			// answers unauthorized_client once the app's client ID has
+			// changed): marking every connection of the provider bad would
+			// take an operator's mistake out on the users. Back off and say
+			// so loudly.
 			log.Error("the token endpoint rejected the project's OAuth2 app; check providerApps clientID and clientSecretFile",
 				"status", status, "code", code)
 		case status >= 500 || status == 429 || status == 408:

@@ -31,8 +31,8 @@ const (
 // errors.Is.
 var (
 	// ErrBadCredentials: the provider's token endpoint rejected the
-	// connection's grant (invalid_grant or unauthorized_client, or
-	// invalid_client for a client-credentials connection), and the
+	// connection's grant (invalid_grant, or invalid_client or
+	// unauthorized_client for a client-credentials connection), and the
 	// connection is bad_credentials. The token endpoint is not called for
 	// it again until its credentials or status are updated. Answer 424.
 	ErrBadCredentials = errors.New("the provider rejected the connection's credentials")

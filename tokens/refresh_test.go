@@ -905,7 +905,8 @@ func TestErrorClassification(t *testing.T) {
 		expiresIn   time.Duration
 	}{
 		{"invalid_grant", SchemeOAuth2AuthorizationCode, 400, "application/json", `{"error":"invalid_grant"}`, bad, 0},
-		{"unauthorized_client", SchemeOAuth2AuthorizationCode, 400, "application/json", `{"error":"unauthorized_client"}`, bad, 0},
+		{"unauthorized_client, app's fault", SchemeOAuth2AuthorizationCode, 400, "application/json", `{"error":"unauthorized_client"}`, retry, 0},
+		{"unauthorized_client, connection's client", SchemeOAuth2ClientCredentials, 400, "application/json", `{"error":"unauthorized_client"}`, bad, 0},
 		{"invalid_grant with status 200", SchemeOAuth2AuthorizationCode, 200, "application/json", `{"error":"invalid_grant"}`, bad, 0},
 		{"invalid_client, app's fault", SchemeOAuth2AuthorizationCode, 401, "application/json", `{"error":"invalid_client"}`, retry, 0},
 		{"invalid_client, connection's client", SchemeOAuth2ClientCredentials, 401, "application/json", `{"error":"invalid_client"}`, bad, 0},

@@ -74,7 +74,9 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 		// valid one now, so store that answer rather than ask again.
 		return r.save(log, c, pending)
 	}
-	issuedAt := r.now()
+	// Both clocks, read together: expiries are on the Refresher's, and
+	// x/oauth2 stamps tok.Expiry on the real one.
+	issuedAt, sent := r.now(), time.Now()
 	tok, err := r.fetch(c)
 	if err != nil {
 		return r.failed(log, c, err)
@@ -83,7 +85,7 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 		from:    grantOf(&c.Credential),
 		access:  tok.AccessToken,
 		refresh: tok.RefreshToken,
-		expiry:  expiryOf(tok, issuedAt),
+		expiry:  expiryOf(tok, issuedAt, sent),
 	})
 }
 
@@ -265,8 +267,9 @@ func (r *Refresher) save(log *slog.Logger, c *Connection, it *issuedToken) refre
 }
 
 // expiryOf turns the answer's expires_in into an expiry on the
-// Refresher's clock, counted from before the request was sent.
-func expiryOf(tok *oauth2.Token, issuedAt time.Time) time.Time {
+// Refresher's clock, counted from issuedAt, that clock's time before the
+// request was sent; sent is the real time read with it.
+func expiryOf(tok *oauth2.Token, issuedAt, sent time.Time) time.Time {
 	secs := tok.ExpiresIn
 	if secs <= 0 {
 		// clientcredentials does not copy ExpiresIn; the raw answer has it.
@@ -284,7 +287,10 @@ func expiryOf(tok *oauth2.Token, issuedAt time.Time) time.Time {
 	case secs > 0:
 		return issuedAt.Add(time.Duration(min(secs, maxSecs)) * time.Second).UTC().Round(0)
 	case !tok.Expiry.IsZero():
-		return issuedAt.Add(time.Until(tok.Expiry)).UTC().Round(0)
+		// x/oauth2 set Expiry to time.Now() plus the lifetime when the
+		// answer came; measured from sent on that same clock, the lifetime
+		// moves to the Refresher's clock whatever that clock reads.
+		return issuedAt.Add(tok.Expiry.Sub(sent)).UTC().Round(0)
 	}
 	return time.Time{}
 }

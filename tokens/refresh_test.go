@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/internal/oauthtest"
 )
@@ -969,6 +971,26 @@ func TestErrorClassification(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExpiryOfClocks: an expiry known only from x/oauth2's Expiry, which
+// is on the real clock, lands on the Refresher's clock, however far that
+// is from the real one: the lifetime, measured from when the request was
+// sent, counted from the Refresher's time at that moment.
+func TestExpiryOfClocks(t *testing.T) {
+	issuedAt := newManualClock().Now()
+	sent := time.Now()
+	tok := &oauth2.Token{AccessToken: "a", Expiry: sent.Add(10 * time.Minute)}
+	if got, want := expiryOf(tok, issuedAt, sent), issuedAt.Add(10*time.Minute); !got.Equal(want) {
+		t.Errorf("expiry from Expiry alone = %s, want %s", got, want)
+	}
+	tok = tok.WithExtra(map[string]any{"expires_in": float64(60)})
+	if got, want := expiryOf(tok, issuedAt, sent), issuedAt.Add(time.Minute); !got.Equal(want) {
+		t.Errorf("expiry with expires_in = %s, want %s (expires_in wins)", got, want)
+	}
+	if got := expiryOf(&oauth2.Token{AccessToken: "a"}, issuedAt, sent); !got.IsZero() {
+		t.Errorf("expiry of a token without one = %s, want none", got)
 	}
 }
 

@@ -31,6 +31,9 @@ type refreshOutcome struct {
 	// noBackoff: the failure says nothing about the endpoint (the
 	// connection changed under the refresh), so try again at once.
 	noBackoff bool
+	// called: a request reached the network; took is how long it took.
+	called bool
+	took   time.Duration
 	// badAt: see connRefresh.badAt.
 	badAt time.Time
 	// pending: see connRefresh.pending.
@@ -78,15 +81,23 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 	// x/oauth2 stamps tok.Expiry on the real one.
 	issuedAt, sent := r.now(), time.Now()
 	tok, err := r.fetch(c)
+	took := time.Since(sent)
+	var out refreshOutcome
 	if err != nil {
-		return r.failed(log, c, err)
+		out = r.failed(log, c, err)
+	} else {
+		out = r.save(log, c, &issuedToken{
+			from:    grantOf(&c.Credential),
+			access:  tok.AccessToken,
+			refresh: tok.RefreshToken,
+			expiry:  expiryOf(tok, issuedAt, sent),
+		})
 	}
-	return r.save(log, c, &issuedToken{
-		from:    grantOf(&c.Credential),
-		access:  tok.AccessToken,
-		refresh: tok.RefreshToken,
-		expiry:  expiryOf(tok, issuedAt, sent),
-	})
+	var se *setupError
+	if !errors.As(err, &se) {
+		out.called, out.took = true, took
+	}
+	return out
 }
 
 // fetch asks the provider's token endpoint for a new token with

@@ -110,10 +110,14 @@ type RefresherOptions struct {
 	// Logger receives refresh outcomes, never a secret. Nil means
 	// slog.Default().
 	Logger *slog.Logger
-	// OnRefresh, when set, is called after each refresh attempt with the
-	// provider, the result (ok, invalid_grant, error) and how long it
-	// took, and with result backoff, d = 0, each time a connection that
-	// is backing off is asked for a token. It must be quick.
+	// OnRefresh, when set, is called once per request made to a token
+	// endpoint, after it, with the provider, the result and how long the
+	// request took. Results: ok (a token was issued and stored),
+	// invalid_grant (the endpoint rejected the connection's credentials,
+	// which are now bad_credentials), error (anything else). Nothing is
+	// reported when no request is made: while a connection backs off, for
+	// a configuration problem, or when an answer kept from an earlier
+	// attempt is stored. It must be quick.
 	OnRefresh func(provider, result string, d time.Duration)
 }
 
@@ -122,7 +126,6 @@ const (
 	resultOK           = "ok"
 	resultInvalidGrant = "invalid_grant"
 	resultError        = "error"
-	resultBackoff      = "backoff"
 )
 
 // Refresher hands out usable OAuth2 access tokens for connections,
@@ -418,7 +421,6 @@ func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (strin
 		if now.Before(st.retryAt) {
 			after, reason := st.retryAt.Sub(now), st.retryReason
 			st.mu.Unlock()
-			r.report(c.Provider, resultBackoff, 0)
 			if still {
 				return c.Credential.AccessToken, nil
 			}
@@ -490,9 +492,7 @@ func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func
 // fly runs one refresh and publishes its outcome to the state and to the
 // callers waiting on f.
 func (r *Refresher) fly(st *connRefresh, f *refreshFlight, c *Connection, pending *issuedToken) {
-	began := time.Now()
 	out := r.refresh(c, pending)
-	took := time.Since(began)
 
 	st.mu.Lock()
 	st.flight = nil
@@ -520,7 +520,9 @@ func (r *Refresher) fly(st *connRefresh, f *refreshFlight, c *Connection, pendin
 	}
 	st.mu.Unlock()
 	close(f.done)
-	r.report(c.Provider, out.result, took)
+	if out.called && r.onRefresh != nil {
+		r.onRefresh(c.Provider, out.result, out.took)
+	}
 }
 
 // backoff is the pause after the n-th failure in a row: BackoffBase
@@ -539,10 +541,4 @@ func (r *Refresher) backoff(n int) time.Duration {
 // turn into a burst of attempts.
 func (r *Refresher) fullJitter(ceiling time.Duration) time.Duration {
 	return max(time.Duration(rand.Int64N(int64(ceiling)+1)), r.base)
-}
-
-func (r *Refresher) report(provider, result string, d time.Duration) {
-	if r.onRefresh != nil {
-		r.onRefresh(provider, result, d)
-	}
 }

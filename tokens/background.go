@@ -87,6 +87,9 @@ func (r *Refresher) startAhead(id string, release func()) bool {
 	}
 	// Read again under st.mu, as the request path does.
 	c, ok := r.store.Connection(id)
+	if ok {
+		st.observe(c)
+	}
 	now := r.now()
 	if !ok || now.Before(st.retryAt) || (!st.badAt.IsZero() && c.UpdateTime.Equal(st.badAt)) || !r.dueAhead(c, st, now) {
 		return false

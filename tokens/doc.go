@@ -90,20 +90,30 @@
 // they are logged as an error naming providerApps and retried with
 // backoff, so that an operator's mistake does not mark every user's
 // connection bad. Everything else, the
-// endpoint down, slow or answering 5xx, 429 or an unexpected 4xx or body,
-// and configuration problems, gives a *RetryError (503) and starts a
-// per-connection backoff: BackoffBase (1 s) doubled per failure in a row
-// up to BackoffMax (5 min), with full jitter but never below BackoffBase.
-// During the backoff no request calls the endpoint: a token that has not
-// expired is still handed out, an expired one gets a *RetryError with
-// the rest of the pause. A success resets it. An expired token with no
-// refresh token gives ErrTokenExpired (424) without any request.
+// endpoint down, slow or answering 5xx, 429, a redirect or an unexpected
+// 4xx or body, and configuration problems, gives a *RetryError (503) and
+// starts a per-connection backoff: BackoffBase (1 s) doubled per failure
+// in a row up to BackoffMax (5 min), with full jitter but never below
+// BackoffBase. During the backoff no request calls the endpoint: a token
+// that has not expired is still handed out, an expired one gets a
+// *RetryError with the rest of the pause. A success resets it, and so
+// does any update of the connection made elsewhere (new credentials or
+// metadata through the admin API, seen as a changed UpdateTime or
+// credential), so that fixed credentials are tried at once. An expired
+// token with no refresh token gives ErrTokenExpired (424) without any
+// request.
 //
 // A provider 401 on a proxied request is reported with
 // [Refresher.MarkStale]: the next request for that token refreshes first.
-// A token that a forced refresh has already replaced is not forced again,
-// so a provider that rejects even fresh tokens costs one refresh per
-// token, not one per request.
+// Such forced refreshes are limited per connection, since each spends a
+// grant and may rotate the refresh token, and a provider that rejects even
+// fresh tokens (a missing scope, a suspended account) would otherwise
+// cost one per request: after a forced refresh, 401s force nothing for a
+// minute and requests go on with the current token; the gap doubles with
+// each forced refresh that follows while it is still recent, up to 30
+// minutes, and is back to a minute after a spell of twice the gap without
+// one, or once the connection's credentials are updated. A 401 for a token
+// that a forced refresh has already replaced forces nothing.
 //
 // [Refresher.Run] refreshes in the background the tokens of connections
 // used within RecentUse (1 h) that expire within twice their margin, at

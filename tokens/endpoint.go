@@ -31,6 +31,9 @@ type refreshOutcome struct {
 	// noBackoff: the failure says nothing about the endpoint (the
 	// connection changed under the refresh), so try again at once.
 	noBackoff bool
+	// left is the connection as this attempt left it in the store: the
+	// stored result of its write, or the snapshot it started from.
+	left *Connection
 	// called: a request reached the network; took is how long it took.
 	called bool
 	took   time.Duration
@@ -75,7 +78,11 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 	if pending != nil && pending.from == grantOf(&c.Credential) {
 		// The endpoint already answered; its refresh token may be the only
 		// valid one now, so store that answer rather than ask again.
-		return r.save(log, c, pending)
+		out := r.save(log, c, pending)
+		if out.left == nil {
+			out.left = c
+		}
+		return out
 	}
 	// Both clocks, read together: expiries are on the Refresher's, and
 	// x/oauth2 stamps tok.Expiry on the real one.
@@ -96,6 +103,9 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 	var se *setupError
 	if !errors.As(err, &se) {
 		out.called, out.took = true, took
+	}
+	if out.left == nil {
+		out.left = c
 	}
 	return out
 }
@@ -242,7 +252,7 @@ func (r *Refresher) markBad(log *slog.Logger, c *Connection, code string, status
 	}
 	log.Warn("the token endpoint rejected the connection's credentials; it is bad_credentials until they are updated",
 		"status", status, "code", code)
-	return refreshOutcome{result: resultInvalidGrant, badAt: badAt}
+	return refreshOutcome{result: resultInvalidGrant, badAt: badAt, left: stored}
 }
 
 // save stores it over c's credential and returns the token only once the
@@ -274,7 +284,7 @@ func (r *Refresher) save(log *slog.Logger, c *Connection, it *issuedToken) refre
 		attrs = append(attrs, "expiry", it.expiry)
 	}
 	log.Info("access token refreshed", attrs...)
-	return refreshOutcome{result: resultOK, token: stored.Credential.AccessToken}
+	return refreshOutcome{result: resultOK, token: stored.Credential.AccessToken, left: stored}
 }
 
 // expiryOf turns the answer's expires_in into an expiry on the

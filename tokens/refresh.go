@@ -128,6 +128,19 @@ const (
 	resultError        = "error"
 )
 
+// Limits on refreshes forced by provider 401s (MarkStale). After a forced
+// refresh the connection's next one waits forceGapMin; each forced while
+// the previous gap was still recent doubles the gap, up to forceGapMax;
+// one that comes after twice the gap or more, or new credentials, start
+// again from forceGapMin. A provider that rejects even fresh tokens (a
+// missing scope, a suspended account) thus costs a handful of grants an
+// hour rather than one per request, each of which may rotate the refresh
+// token.
+const (
+	forceGapMin = time.Minute
+	forceGapMax = 30 * time.Minute
+)
+
 // Refresher hands out usable OAuth2 access tokens for connections,
 // refreshing them with golang.org/x/oauth2 when they are about to expire,
 // one refresh per connection at a time. Its methods are safe for
@@ -174,10 +187,19 @@ type connRefresh struct {
 	// whoever holds it looks the state up again.
 	dead   bool
 	flight *refreshFlight
+	// seen and seenGrant are the UpdateTime and credential of the
+	// connection as this state last saw it: a difference is an update
+	// made elsewhere (see observe).
+	seen      time.Time
+	seenGrant grantID
 	// forced is the access token the last forced refresh replaced:
-	// MarkStale ignores it, so a provider that keeps answering 401 gets
-	// one forced refresh per token, not one per request.
+	// MarkStale ignores it, so a late 401 for a replaced token, or one
+	// for a token that the refresh handed back unchanged, forces nothing.
 	forced string
+	// forcedAt is when the last forced refresh started; until forceGap
+	// has passed since, MarkStale forces none (see forceGapMin).
+	forcedAt time.Time
+	forceGap time.Duration
 	// failures counts failed refreshes in a row; until retryAt the token
 	// endpoint is not called and retryReason explains why.
 	failures    int
@@ -293,14 +315,16 @@ func (r *Refresher) AccessToken(ctx context.Context, c *Connection) (string, err
 }
 
 // MarkStale records that a provider answered 401 to a request made with
-// accessToken: the connection's next request refreshes first. A token
-// that a forced refresh has already replaced once is not forced again,
-// so a provider that rejects a freshly issued token does not cause a
-// refresh per request.
+// accessToken: the connection's next request refreshes first. Forced
+// refreshes are limited per connection (see forceGapMin): within the gap
+// after the last one a 401 forces nothing, and requests go on with the
+// current token. A 401 for a token that a forced refresh has already
+// replaced forces nothing either.
 func (r *Refresher) MarkStale(connID, accessToken string) {
 	if accessToken == "" {
 		return
 	}
+	c, found := r.store.Connection(connID)
 	for {
 		st := r.state(connID)
 		st.mu.Lock()
@@ -308,7 +332,11 @@ func (r *Refresher) MarkStale(connID, accessToken string) {
 			st.mu.Unlock()
 			continue
 		}
-		if st.forced != accessToken {
+		if found {
+			// New credentials since the last forced refresh lift its limit.
+			st.observe(c)
+		}
+		if st.forced != accessToken && (st.forcedAt.IsZero() || r.now().Sub(st.forcedAt) >= st.forceGap) {
 			st.stale.Store(&accessToken)
 		}
 		st.mu.Unlock()
@@ -342,6 +370,31 @@ func (st *connRefresh) touch(now time.Time) {
 	if n-st.lastUse.Load() > int64(time.Second) {
 		st.lastUse.Store(n)
 	}
+}
+
+// observe notes c as just read from the store, with st.mu held. An update
+// this Refresher did not make (new credentials or metadata through the
+// admin API) ends the connection's backoff and the limit on its forced
+// refreshes: what failed, or was rejected, belonged to what it replaced.
+// While a refresh runs its own write is not yet noted, so nothing is
+// decided; an update made meanwhile is seen once it has ended.
+func (st *connRefresh) observe(c *Connection) {
+	if st.flight != nil {
+		return
+	}
+	g := grantOf(&c.Credential)
+	if c.UpdateTime.Equal(st.seen) && g == st.seenGrant {
+		return
+	}
+	st.failures, st.retryAt, st.retryReason = 0, time.Time{}, ""
+	st.forcedAt, st.forceGap = time.Time{}, 0
+	st.seen, st.seenGrant = c.UpdateTime, g
+}
+
+// noteWritten records c as this Refresher left it in the store, so that
+// observe does not take its own write for someone else's.
+func (st *connRefresh) noteWritten(c *Connection) {
+	st.seen, st.seenGrant = c.UpdateTime, grantOf(&c.Credential)
 }
 
 func (st *connRefresh) isStale(token string) bool {
@@ -396,6 +449,7 @@ func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (strin
 		st.mu.Unlock()
 		return "", fmt.Errorf("connection %s: %w", id, ErrNotFound)
 	}
+	st.observe(c)
 	now := r.now()
 	if c.Status == StatusBadCredentials || (!st.badAt.IsZero() && c.UpdateTime.Equal(st.badAt)) {
 		st.mu.Unlock()
@@ -477,6 +531,13 @@ func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func
 	st.flight = f
 	if forced {
 		st.forced = c.Credential.AccessToken
+		now := r.now()
+		if st.forcedAt.IsZero() || now.Sub(st.forcedAt) >= 2*st.forceGap {
+			st.forceGap = forceGapMin
+		} else {
+			st.forceGap = min(2*st.forceGap, forceGapMax)
+		}
+		st.forcedAt = now
 	}
 	pending := st.pending
 	go func() {
@@ -497,6 +558,7 @@ func (r *Refresher) fly(st *connRefresh, f *refreshFlight, c *Connection, pendin
 	st.mu.Lock()
 	st.flight = nil
 	st.pending = out.pending
+	st.noteWritten(out.left)
 	switch out.result {
 	case resultOK:
 		st.failures, st.retryAt, st.retryReason = 0, time.Time{}, ""

@@ -608,6 +608,46 @@ func TestTokenEndpointDownBacksOff(t *testing.T) {
 	}
 }
 
+// TestNewCredentialsEndBackoff: credentials updated through the store (the
+// admin API's PATCH) are tried at once, whatever backoff the old ones
+// earned.
+func TestNewCredentialsEndBackoff(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{exactBackoff: true})
+	e.srv.SetDown(true)
+	c, _ := e.expiredConn(t)
+	// Five failures in a row: the next attempt is 16 s away.
+	for range 5 {
+		e.r.AccessToken(t.Context(), c)
+		e.idle()
+		e.clock.Advance(e.r.state(c.ID).retryAt.Sub(e.clock.Now()))
+	}
+	_, err := e.r.AccessToken(t.Context(), c)
+	var re *RetryError
+	if !errors.As(err, &re) || re.After < 16*time.Second {
+		t.Fatalf("AccessToken = %v; want a *RetryError of the backoff, 16 s or more", err)
+	}
+	e.idle()
+	attempts := e.srv.Requests("")
+
+	e.srv.SetDown(false)
+	fresh := e.issue(t)
+	_, err = e.store.UpdateConnection(testProject, c.ID, func(w *Connection) error {
+		w.Credential.RefreshToken = fresh.Refresh
+		w.Status = StatusCreated
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || !e.srv.ValidAccess(got) {
+		t.Fatalf("AccessToken right after new credentials = %v; want a refresh with them", err)
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != attempts+1 {
+		t.Errorf("%d refresh grants, want %d", n, attempts+1)
+	}
+}
+
 // TestBackoffJitterBounded runs the real jitter: attempts stay few.
 func TestBackoffJitterBounded(t *testing.T) {
 	e := newRefreshEnv(t, envConfig{})
@@ -682,28 +722,125 @@ func TestMarkStale(t *testing.T) {
 	tok1 := e.issue(t)
 	c := e.authCodeConn(t, provAuthCode, tok1, e.clock.Now().Add(time.Hour))
 	refreshes := func() int { return e.srv.Requests(oauthtest.GrantRefreshToken) }
+	current := func() string {
+		t.Helper()
+		got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
 
 	e.r.MarkStale(c.ID, tok1.Access)
-	tok2, err := e.r.AccessToken(t.Context(), c)
-	if err != nil || tok2 == tok1.Access || refreshes() != 1 {
-		t.Fatalf("after MarkStale: %v, %d refreshes; want one forced refresh and a new token", err, refreshes())
+	tok2 := current()
+	if tok2 == tok1.Access || refreshes() != 1 {
+		t.Fatalf("after MarkStale: %d refreshes; want one forced refresh and a new token", refreshes())
 	}
 	// A late 401 for the replaced token changes nothing.
 	e.r.MarkStale(c.ID, tok1.Access)
-	if got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID)); err != nil || got != tok2 || refreshes() != 1 {
-		t.Fatalf("after a late MarkStale of the old token: %v, %d refreshes; want the current token, no refresh", err, refreshes())
+	if got := current(); got != tok2 || refreshes() != 1 {
+		t.Fatalf("after a late MarkStale of the old token: %d refreshes; want the current token, no refresh", refreshes())
 	}
-	// A 401 for the new token forces one more.
+	// A 401 for the new token within a minute of the forced refresh:
+	// requests go on with it.
+	e.clock.Advance(forceGapMin - time.Second)
 	e.r.MarkStale(c.ID, tok2)
-	tok3, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
-	if err != nil || tok3 == tok2 || refreshes() != 2 {
-		t.Fatalf("after MarkStale of the new token: %v, %d refreshes", err, refreshes())
+	if got := current(); got != tok2 || refreshes() != 1 {
+		t.Fatalf("MarkStale within the gap: %d refreshes; want the current token, no refresh", refreshes())
+	}
+	// Once the gap has passed, one more is forced, and the gap doubles.
+	e.clock.Advance(time.Second)
+	e.r.MarkStale(c.ID, tok2)
+	tok3 := current()
+	if tok3 == tok2 || refreshes() != 2 {
+		t.Fatalf("MarkStale after the gap: %d refreshes, want 2", refreshes())
+	}
+	e.clock.Advance(forceGapMin)
+	e.r.MarkStale(c.ID, tok3)
+	if got := current(); got != tok3 || refreshes() != 2 {
+		t.Fatalf("MarkStale within the doubled gap: %d refreshes, want 2", refreshes())
+	}
+	e.clock.Advance(forceGapMin)
+	e.r.MarkStale(c.ID, tok3)
+	tok4 := current()
+	if tok4 == tok3 || refreshes() != 3 {
+		t.Fatalf("MarkStale after the doubled gap: %d refreshes, want 3", refreshes())
+	}
+	// After a quiet spell of twice the gap (now 4 minutes), the gap is
+	// back to a minute.
+	e.clock.Advance(8 * forceGapMin)
+	e.r.MarkStale(c.ID, tok4)
+	tok5 := current()
+	e.clock.Advance(forceGapMin)
+	e.r.MarkStale(c.ID, tok5)
+	if tok6 := current(); tok6 == tok5 || refreshes() != 5 {
+		t.Fatalf("after a quiet spell: %d refreshes, want 5 (the gap back to %s)", refreshes(), forceGapMin)
+	}
+}
+
+// TestRepeated401sBounded: a provider that answers 401 to every request
+// costs a handful of refresh grants, not one per request, each of which
+// rotates the refresh token.
+func TestRepeated401sBounded(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{})
+	c := e.authCodeConn(t, provAuthCode, e.issue(t), e.clock.Now().Add(24*time.Hour))
+	request := func() {
+		t.Helper()
+		got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.r.MarkStale(c.ID, got) // the provider's answer: 401
+		e.clock.Advance(time.Second)
+	}
+	for range 20 {
+		request()
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 1 {
+		t.Errorf("20 requests answered 401 in 20 s: %d refresh grants, want 1", n)
+	}
+	// An hour of it, a request a second: forced refreshes 1, 2, 4, 8, 16
+	// and 30 minutes apart.
+	for range 3600 - 20 {
+		request()
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 6 {
+		t.Errorf("3600 requests answered 401 in an hour: %d refresh grants, want 6", n)
+	}
+}
+
+// TestNewCredentialsLiftForceLimit: credentials updated through the store
+// (the admin API's PATCH) may be forced at once, whatever the limit left
+// by the ones they replaced.
+func TestNewCredentialsLiftForceLimit(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{})
+	tok := e.issue(t)
+	c := e.authCodeConn(t, provAuthCode, tok, e.clock.Now().Add(time.Hour))
+	e.r.MarkStale(c.ID, tok.Access)
+	if _, err := e.r.AccessToken(t.Context(), c); err != nil {
+		t.Fatal(err)
+	}
+	fresh := e.issue(t)
+	_, err := e.store.UpdateConnection(testProject, c.ID, func(w *Connection) error {
+		w.Credential = Credential{AccessToken: fresh.Access, RefreshToken: fresh.Refresh, Expiry: e.clock.Now().Add(time.Hour)}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.r.MarkStale(c.ID, fresh.Access)
+	got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || got == fresh.Access {
+		t.Fatalf("AccessToken = %v; want a refresh of the new credentials", err)
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 2 {
+		t.Errorf("%d refresh grants, want 2", n)
 	}
 }
 
 // TestMarkStaleOncePerToken: a provider that hands back the same access
 // token, and keeps rejecting it, gets one forced refresh, not one per
-// request.
+// gap: refreshing again cannot give a different token.
 func TestMarkStaleOncePerToken(t *testing.T) {
 	var mu sync.Mutex
 	hits := 0
@@ -712,16 +849,17 @@ func TestMarkStaleOncePerToken(t *testing.T) {
 		hits++
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"access_token":"same-token","token_type":"Bearer","expires_in":3600}`)
+		fmt.Fprint(w, `{"access_token":"same-token","token_type":"Bearer","expires_in":86400}`)
 	}))
 	t.Cleanup(ep.Close)
 	e := newRefreshEnv(t, envConfig{tokenURL: ep.URL})
-	c := e.authCodeConn(t, provAuthCode, oauthtest.Tokens{Access: "same-token", Refresh: "rt"}, e.clock.Now().Add(time.Hour))
+	c := e.authCodeConn(t, provAuthCode, oauthtest.Tokens{Access: "same-token", Refresh: "rt"}, e.clock.Now().Add(24*time.Hour))
 	for range 5 {
 		e.r.MarkStale(c.ID, "same-token")
 		if got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID)); err != nil || got != "same-token" {
 			t.Fatalf("AccessToken = %q, %v", got, err)
 		}
+		e.clock.Advance(forceGapMax)
 	}
 	mu.Lock()
 	defer mu.Unlock()

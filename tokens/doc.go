@@ -116,8 +116,10 @@
 // that a forced refresh has already replaced forces nothing.
 //
 // [Refresher.Run] refreshes in the background the tokens of connections
-// used within RecentUse (1 h) that expire within twice their margin, at
-// most Concurrency (4) at a time, through the same one-refresh rule.
+// used within RecentUse (1 h) that expire within twice their margin, or
+// within half their lifetime if that is shorter (so a token just issued is
+// never due), at most Concurrency (4) at a time, through the same
+// one-refresh rule.
 //
 // Nothing logged or returned holds a token, refresh token, client secret
 // or token-response body: failures are described by HTTP status and OAuth2

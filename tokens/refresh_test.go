@@ -1262,6 +1262,25 @@ func TestBackgroundRefresh(t *testing.T) {
 	}
 }
 
+// TestBackgroundShortLivedTokens: an 8-minute token (margin 4 minutes,
+// half its life) is refreshed in the background once it is half spent,
+// not on every sweep because a fresh token already looks due.
+func TestBackgroundShortLivedTokens(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{server: oauthtest.Options{AccessTTL: 8 * time.Minute}})
+	c := e.authCodeConn(t, provAuthCode, e.issue(t), e.clock.Now().Add(8*time.Minute))
+	var wg sync.WaitGroup
+	for range 60 { // 30 minutes of sweeps, 30 s apart
+		e.r.AccessToken(t.Context(), e.conn(t, c.ID)) // keeps it recently used
+		e.clock.Advance(DefaultBackgroundEvery)
+		e.r.sweep(t.Context(), &wg)
+		wg.Wait()
+	}
+	// Refreshed at 4, 8, … 28 minutes: each token at half its life.
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 7 {
+		t.Errorf("%d background refreshes of an 8-minute token in 30 minutes of sweeps, want 7", n)
+	}
+}
+
 func TestRunStopsCleanly(t *testing.T) {
 	e := newRefreshEnv(t, envConfig{opts: RefresherOptions{Background: time.Millisecond}})
 	c := e.authCodeConn(t, provAuthCode, e.issue(t), e.clock.Now().Add(time.Hour))

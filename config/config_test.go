@@ -78,6 +78,10 @@ func TestLoadGood(t *testing.T) {
 	if c.Throttle.DefaultWindow.String() != "30s" || c.Throttle.MaxWindow.String() != "24h0m0s" {
 		t.Errorf("throttle = %v/%v", c.Throttle.DefaultWindow, c.Throttle.MaxWindow)
 	}
+	// Envoy's default message_timeout, and half of it for a token wait.
+	if c.GRPC.MessageTimeout.String() != "200ms" || c.GRPC.TokenWait().String() != "100ms" {
+		t.Errorf("grpc.messageTimeout = %v, token wait %v; want 200ms and 100ms", c.GRPC.MessageTimeout, c.GRPC.TokenWait())
+	}
 	p, ok := c.Project("p1")
 	if !ok {
 		t.Fatal("project p1 missing")
@@ -125,6 +129,7 @@ integrations:
 `)
 	cfgPath := write(t, dir, "ampproxy.yaml", `grpc:
   listen: unix://relative.sock
+  messageTimeout: 5ms
 admin:
   listen: nonsense
 storage:
@@ -153,7 +158,8 @@ projects:
 	msg := err.Error()
 	for _, want := range []string{
 		"ampproxy.yaml:2: grpc.listen",
-		"ampproxy.yaml:4: admin.listen",
+		"ampproxy.yaml:3: grpc.messageTimeout: 5ms: must be at least 20ms",
+		"ampproxy.yaml:5: admin.listen",
 		"storage.path: is required",
 		"storage.encryptionKeyFile",
 		"createKey: true",
@@ -179,6 +185,41 @@ projects:
 	}
 	if t.Failed() {
 		t.Log(msg)
+	}
+}
+
+// TestMessageTimeout: grpc.messageTimeout mirrors Envoy's setting, and the
+// token wait is half of it.
+func TestMessageTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		value, want, wait, err string
+	}{
+		{"1s", "1s", "500ms", ""},
+		{"20ms", "20ms", "10ms", ""},
+		{"19ms", "", "", "grpc.messageTimeout: 19ms: must be at least 20ms"},
+		{"-1s", "", "", "grpc.messageTimeout: -1s: must be at least 20ms"},
+		{"soon", "", "", `"soon" is not a duration`},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			dir := t.TempDir()
+			write(t, dir, "amp.yaml", goodManifest)
+			write(t, dir, "keys/primary", "file-key\n")
+			write(t, dir, "apps/sf", "secret")
+			body := strings.Replace(goodConfig(hash("k")), "admin:", "  messageTimeout: "+tc.value+"\nadmin:", 1)
+			c, err := Load(write(t, dir, "ampproxy.yaml", body))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Load = %v; want an error saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.GRPC.MessageTimeout.String() != tc.want || c.GRPC.TokenWait().String() != tc.wait {
+				t.Errorf("messageTimeout %s, token wait %s; want %s and %s", c.GRPC.MessageTimeout, c.GRPC.TokenWait(), tc.want, tc.wait)
+			}
+		})
 	}
 }
 

@@ -46,17 +46,23 @@
 // I/O. Otherwise one refresh per connection runs at a time and every
 // concurrent caller shares its result. A caller whose token is inside the
 // margin but not expired gets it at once while the refresh runs for the
-// next requests. A caller whose token has expired waits at most
-// RefresherOptions.Wait, 150 ms by default, or less if its context ends
-// sooner, and then gets a *RetryError, which extproc answers with 503 and
-// Retry-After; the refresh is not cancelled, and the next request uses
+// next requests. A caller whose token has expired waits until its
+// context's deadline, or at most RefresherOptions.Wait (100 ms by
+// default), and then gets a *RetryError, which extproc answers with 503
+// and Retry-After; the refresh is not cancelled, and the next request uses
 // its result. Envoy gives ampproxy 200 ms per message (message_timeout in
-// envoy/envoy.yaml), and answers 504 past it. The server could extend that
-// once with override_message_timeout, but Envoy honours the override only
-// up to the filter's max_message_timeout, which the shipped bootstrap does
-// not set (its zero value disables the override), and extending it would
-// hold the caller's request, and Envoy's stream, for as long as a slow
-// token endpoint takes, up to the 10 s HTTP timeout. A short wait and an
+// envoy/envoy.yaml), counted from when it sends the message, and answers
+// 504 past it. extproc therefore sets the deadline at half of that
+// (config grpc.messageTimeout / 2) after the message arrived, not after
+// the wait began, leaving the other half for the stream, the scheduler
+// and the answer's way back. [Refresher.Cached] lets it build that
+// deadline's context only when there is something to wait for. The server
+// could extend Envoy's timeout once with override_message_timeout, but
+// Envoy honours the override only up to the filter's max_message_timeout,
+// which the shipped bootstrap does not set (its zero value disables the
+// override), and extending it would hold the caller's request, and
+// Envoy's stream, for as long as a slow token endpoint takes, up to the
+// 10 s HTTP timeout. A short wait and an
 // explicit 503 keep the data path's latency bounded and tell the caller
 // when to come back; the margin and the background refresh make the wait
 // rare, since tokens are normally refreshed before they expire.

@@ -18,7 +18,7 @@ import (
 // Defaults of RefresherOptions.
 const (
 	DefaultRefreshMargin     = 5 * time.Minute
-	DefaultRefreshWait       = 150 * time.Millisecond
+	DefaultRefreshWait       = 100 * time.Millisecond
 	DefaultTokenTimeout      = 10 * time.Second
 	DefaultBackoffBase       = time.Second
 	DefaultBackoffMax        = 5 * time.Minute
@@ -91,9 +91,12 @@ type RefresherOptions struct {
 	// store (expiry minus the connection's UpdateTime), so a provider
 	// issuing short-lived tokens is not refreshed on every request.
 	Margin time.Duration
-	// Wait is how long a request waits for a refresh in flight before it
-	// gets a *RetryError; the refresh goes on. Keep it inside Envoy's
-	// message_timeout (200 ms in the shipped bootstrap).
+	// Wait is the longest a caller waits for a refresh in flight before it
+	// gets a *RetryError (the refresh goes on), counted from when the wait
+	// begins; a caller whose context has a deadline waits until that
+	// deadline at most. The request path sets its deadline from when
+	// Envoy's message arrived, which is what Envoy's message_timeout (200
+	// ms in the shipped bootstrap) counts from too.
 	Wait time.Duration
 	// BackoffBase and BackoffMax bound the pause after a failed refresh:
 	// exponential in the number of failures in a row, with full jitter,
@@ -293,25 +296,39 @@ func orDefault(d, def time.Duration) time.Duration {
 // AccessToken returns a usable access token for c, an OAuth2 connection
 // (authorization code or client credentials) as the store returned it.
 //
-// A token valid for longer than the margin, and not marked stale, is
-// returned at once, without locking, allocation or I/O. Otherwise the
-// connection is read again from the store and, when needed, refreshed:
-// one refresh per connection at a time, which every concurrent caller
-// shares. A token that is about to expire but has not is returned at once
-// while its refresh runs; a caller whose token has expired waits for the
-// refresh, at most Wait or until ctx ends, and then gets a *RetryError
-// while the refresh goes on, on its own context, for the next request.
+// A token that Cached would return is returned at once, without locking,
+// allocation or I/O. Otherwise the connection is read again from the
+// store and, when needed, refreshed: one refresh per connection at a
+// time, which every concurrent caller shares. A token that is about to
+// expire but has not is returned at once while its refresh runs; a caller
+// whose token has expired waits for the refresh, until ctx's deadline or
+// at most Wait, and then gets a *RetryError while the refresh goes on, on
+// its own context, for the next request.
 //
 // Errors: ErrBadCredentials, ErrTokenExpired, *RetryError, or a wrapped
 // ErrNotFound when the connection has been deleted.
 func (r *Refresher) AccessToken(ctx context.Context, c *Connection) (string, error) {
+	if tok, ok := r.Cached(c); ok {
+		return tok, nil
+	}
+	return r.slow(ctx, c.ID, r.state(c.ID))
+}
+
+// Cached returns c's access token when it can be sent as it is: valid for
+// longer than the margin, not marked stale, and the connection not
+// bad_credentials. It answers from memory, without locking, allocation or
+// I/O, and records the use as AccessToken does. When it says no,
+// AccessToken has work to do; a caller on a hot path asks Cached first
+// and builds AccessToken's context (with a deadline, which allocates)
+// only then.
+func (r *Refresher) Cached(c *Connection) (string, bool) {
 	now := r.now()
 	st := r.state(c.ID)
 	st.touch(now)
 	if c.Status != StatusBadCredentials && !st.isStale(c.Credential.AccessToken) && r.fresh(c, now) {
-		return c.Credential.AccessToken, nil
+		return c.Credential.AccessToken, true
 	}
-	return r.slow(ctx, c.ID, st)
+	return "", false
 }
 
 // MarkStale records that a provider answered 401 to a request made with
@@ -493,7 +510,8 @@ func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (strin
 	return r.await(ctx, f)
 }
 
-// await waits for f at most Wait, or until ctx ends.
+// await waits for f at most Wait, and no later than ctx's deadline, or
+// until ctx ends.
 func (r *Refresher) await(ctx context.Context, f *refreshFlight) (string, error) {
 	select {
 	case <-f.done:

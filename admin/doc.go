@@ -113,8 +113,11 @@
 // bounded by ExchangeTimeout. A provider that refuses the code with an
 // OAuth error is a 400 (start again), any other failure a 502. Values named
 // by oauth2.tokenMetadataFields are taken from the token response (extract
-// subdomain keeps the first DNS label of a URL's host, so Salesforce's
-// instance_url https://acme.my.salesforce.com gives workspace acme); they
+// subdomain keeps the leading labels of a URL's host that make the base URL
+// name that host, so Salesforce's instance_url
+// https://acme.my.salesforce.com gives workspace acme, and a sandbox's
+// https://acme--dev.sandbox.my.salesforce.com gives acme--dev.sandbox; a
+// host the base URL cannot name fails the callback with a 502 page); they
 // win over values given at connect, and the result is validated again.
 // The connection is stored with authScheme oauth2AuthorizationCode, the
 // access and refresh tokens, the expiry from expires_in on the server's

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -49,11 +50,9 @@ const (
 )
 
 // defaultTokenClient has a timeout and returns a redirect as the answer
-// rather than following it (see Options.HTTPClient).
-var defaultTokenClient = &http.Client{
-	Timeout:       tokenClientTimeout,
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-}
+// rather than following it (see Options.HTTPClient), as the Refresher's
+// does.
+var defaultTokenClient = tokens.NewTokenClient(tokenClientTimeout)
 
 // pendingConnect is what a state stands for until its callback: the flow's
 // project, group and metadata, and everything of the authorization request
@@ -523,7 +522,7 @@ func (s *server) connectionFromToken(prov *catalog.Provider, pc *pendingConnect,
 		}
 		if f.Extract == "subdomain" {
 			var err error
-			if v, err = subdomain(v); err != nil {
+			if v, err = subdomain(prov, meta, f.Metadata, v); err != nil {
 				return cred, nil, "its token response field " + f.Field + " " + err.Error()
 			}
 		}
@@ -546,8 +545,17 @@ func (s *server) connectionFromToken(prov *catalog.Provider, pc *pendingConnect,
 	return cred, meta, ""
 }
 
-// subdomain is the first DNS label of a URL's host (or of a bare host).
-func subdomain(v string) (string, error) {
+// subdomain is the leading part of a URL's host (or of a bare host) that,
+// given as metadata name (with the rest of meta), makes the provider's
+// base URL point at that very host: the labels in front of those the
+// template fixes. For https://{{.workspace}}.my.salesforce.com,
+// Salesforce's instance_url https://acme.my.salesforce.com gives acme, and
+// a sandbox's https://acme--dev.sandbox.my.salesforce.com gives
+// acme--dev.sandbox, which the host rules accept (DNS labels under the
+// template's fixed suffix). A host that the base URL cannot be made to
+// name is refused: the connection's requests would go somewhere other
+// than where the provider said the account lives.
+func subdomain(prov *catalog.Provider, meta map[string]string, name, v string) (string, error) {
 	if !strings.Contains(v, "://") {
 		v = "https://" + v
 	}
@@ -555,11 +563,30 @@ func subdomain(v string) (string, error) {
 	if err != nil || u.Hostname() == "" {
 		return "", errors.New("is not a URL")
 	}
-	label, _, ok := strings.Cut(u.Hostname(), ".")
-	if !ok || label == "" {
+	host := u.Hostname()
+	labels := strings.Split(host, ".")
+	if len(labels) < 2 || labels[0] == "" {
 		return "", errors.New("has no subdomain")
 	}
-	return label, nil
+	try := maps.Clone(meta)
+	if try == nil {
+		try = map[string]string{}
+	}
+	for n := 1; n < len(labels); n++ {
+		try[name] = strings.Join(labels[:n], ".")
+		up, err := prov.Resolve(try, "/")
+		if err != nil {
+			continue
+		}
+		got := up.Authority
+		if h, _, err := net.SplitHostPort(got); err == nil {
+			got = h
+		}
+		if strings.EqualFold(got, host) {
+			return try[name], nil
+		}
+	}
+	return "", fmt.Errorf("names host %s, which the base URL of provider %s cannot be made to point at", host, prov.Name)
 }
 
 func validToken(t string) bool {

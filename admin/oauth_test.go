@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/tokens"
 )
@@ -621,7 +622,11 @@ func TestOAuthFlow(t *testing.T) {
 		{name: "no instance_url keeps the given workspace", req: OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice", ProviderWorkspaceRef: "given"},
 			instance: "", meta: map[string]string{"workspace": "given"}},
 		{name: "PKCE", req: OAuthConnectRequest{Provider: "asPKCE", GroupRef: "Gruppe Ä", ConsumerRef: "bob", ProviderMetadata: map[string]string{"region": "us"}},
-			instance: "https://globex.my.pkce.example", meta: map[string]string{"workspace": "globex", "region": "us"}},
+			instance: "https://globex.pkce.example", meta: map[string]string{"workspace": "globex", "region": "us"}},
+		// Salesforce sandboxes live at acme--dev.sandbox.my.salesforce.com:
+		// every label in front of the template's own is the workspace.
+		{name: "host with several leading labels", req: OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"},
+			instance: "https://acme--dev.sandbox.api.example", meta: map[string]string{"workspace": "acme--dev.sandbox"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -784,9 +789,14 @@ func TestOAuthCallbackFailures(t *testing.T) {
 				o.as.set("", "https://localhost")
 				return o.callback(o.authorize(o.connect(codeReq)))
 			}},
-		{name: "instance_url yields a hostile workspace", status: 502, want: []string{"metadata is invalid"}, exchanges: 1,
+		{name: "instance_url yields a hostile workspace", status: 502, want: []string{"names host a_b.evil.example", "cannot be made to point at"}, exchanges: 1,
 			run: func(o *oauthEnv) *httptest.ResponseRecorder {
 				o.as.set("", "https://a_b.evil.example")
+				return o.callback(o.authorize(o.connect(codeReq)))
+			}},
+		{name: "instance_url elsewhere than the base URL", status: 502, want: []string{"names host acme.elsewhere.example", "cannot be made to point at"}, exchanges: 1,
+			run: func(o *oauthEnv) *httptest.ResponseRecorder {
+				o.as.set("", "https://acme.elsewhere.example")
 				return o.callback(o.authorize(o.connect(codeReq)))
 			}},
 		{name: "no workspace at all", status: 502, want: []string{"metadata is invalid"}, exchanges: 1,
@@ -973,5 +983,35 @@ func TestOAuthClient(t *testing.T) {
 	asError(t, err, 404)
 	if _, err := c.UpdateConnection(ctx, "", UpdateConnectionRequest{}); err == nil {
 		t.Error("empty ID accepted")
+	}
+}
+
+// TestSubdomainSalesforce: with the embedded catalog's Salesforce entry,
+// production and sandbox instance URLs give the workspace that points
+// back at them; a host outside my.salesforce.com is refused.
+func TestSubdomainSalesforce(t *testing.T) {
+	cat, err := catalog.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, ok := cat.Provider("salesforce")
+	if !ok {
+		t.Fatal("no salesforce in the catalog")
+	}
+	for _, tc := range []struct{ instance, want, err string }{
+		{"https://acme.my.salesforce.com", "acme", ""},
+		{"https://acme.my.salesforce.com:443/", "acme", ""},
+		{"https://acme--dev.sandbox.my.salesforce.com", "acme--dev.sandbox", ""},
+		{"https://acme--uat.sandbox.my.salesforce.com/services/data", "acme--uat.sandbox", ""},
+		{"https://na1.salesforce.com", "", "cannot be made to point at"},
+		{"https://acme.my.salesforce.com.evil.example", "", "cannot be made to point at"},
+	} {
+		got, err := subdomain(sf, nil, "workspace", tc.instance)
+		switch {
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("subdomain(%s) = %q, %v; want %q", tc.instance, got, err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("subdomain(%s) = %q, %v; want an error saying %q", tc.instance, got, err, tc.err)
+		}
 	}
 }

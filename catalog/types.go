@@ -99,7 +99,11 @@ type TokenMetadataField struct {
 	Field    string `yaml:"field"`
 	Metadata string `yaml:"metadata"`
 	// Extract says what part of the value to keep: "" keeps it whole,
-	// "subdomain" keeps the first DNS label of a URL's host.
+	// "subdomain" keeps the leading labels of a URL's host that, as the
+	// metadata value, make baseURL name that same host (for
+	// https://{{.workspace}}.my.salesforce.com, a sandbox's
+	// https://acme--dev.sandbox.my.salesforce.com gives acme--dev.sandbox);
+	// a host baseURL cannot name is refused.
 	Extract string `yaml:"extract,omitempty"`
 }
 

@@ -40,6 +40,14 @@ type Config struct {
 type GRPC struct {
 	// Listen is host:port or unix:///absolute/path.sock.
 	Listen string `yaml:"listen"`
+	// MessageTimeout is the message_timeout of Envoy's ext_proc filter
+	// (DefaultMessageTimeout, Envoy's default, when absent): Envoy answers
+	// 504 when an answer takes longer. ampproxy does not set it; it keeps
+	// its own waiting within half of it, counted from when each message
+	// arrives: a request whose OAuth2 token is being refreshed gets 503
+	// with Retry-After by then, leaving the other half for the stream and
+	// the scheduler. Change it together with Envoy's setting.
+	MessageTimeout Duration `yaml:"messageTimeout"`
 }
 
 // Admin is the admin API, health and metrics listener.
@@ -134,7 +142,17 @@ const (
 	DefaultThrottleWindow = 60 * time.Second
 	DefaultThrottleMax    = 24 * time.Hour
 	DefaultDrainTimeout   = 20 * time.Second
+	DefaultMessageTimeout = 200 * time.Millisecond
 )
+
+// minMessageTimeout keeps half of grpc.messageTimeout long enough for a
+// token refresh on a nearby endpoint to finish within it.
+const minMessageTimeout = 20 * time.Millisecond
+
+// TokenWait is how long a request may wait for an OAuth2 token refresh,
+// counted from when its request headers arrived: half of
+// grpc.messageTimeout.
+func (g GRPC) TokenWait() time.Duration { return time.Duration(g.MessageTimeout) / 2 }
 
 // Project returns the project with the given ID.
 func (c *Config) Project(id string) (*Project, bool) {
@@ -173,6 +191,13 @@ func parse(data []byte, file string) (*Config, error) {
 	}
 
 	checkListen(p, "grpc.listen", c.GRPC.Listen, true)
+	if c.GRPC.MessageTimeout == 0 {
+		c.GRPC.MessageTimeout = Duration(DefaultMessageTimeout)
+	}
+	if time.Duration(c.GRPC.MessageTimeout) < minMessageTimeout {
+		p.add("grpc.messageTimeout", "%s: must be at least %s (Envoy's ext_proc message_timeout; ampproxy waits at most half of it for a token refresh)",
+			c.GRPC.MessageTimeout, minMessageTimeout)
+	}
 	checkListen(p, "admin.listen", c.Admin.Listen, false)
 	if c.Storage.Path == "" {
 		p.add("storage.path", "is required")

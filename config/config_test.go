@@ -89,6 +89,10 @@ func TestLoadGood(t *testing.T) {
 	if c.Shutdown.DrainTimeout != Duration(DefaultDrainTimeout) {
 		t.Errorf("shutdown.drainTimeout = %v, want the default %v", c.Shutdown.DrainTimeout, DefaultDrainTimeout)
 	}
+	// Envoy's default message_timeout, and half of it for a token wait.
+	if c.GRPC.MessageTimeout.String() != "200ms" || c.GRPC.TokenWait().String() != "100ms" {
+		t.Errorf("grpc.messageTimeout = %v, token wait %v; want 200ms and 100ms", c.GRPC.MessageTimeout, c.GRPC.TokenWait())
+	}
 	p, ok := c.Project("p1")
 	if !ok {
 		t.Fatal("project p1 missing")
@@ -136,6 +140,7 @@ integrations:
 `)
 	cfgPath := write(t, dir, "ampproxy.yaml", `grpc:
   listen: unix://relative.sock
+  messageTimeout: 5ms
 admin:
   listen: nonsense
 storage:
@@ -166,12 +171,13 @@ projects:
 	msg := err.Error()
 	for _, want := range []string{
 		"ampproxy.yaml:2: grpc.listen",
-		"ampproxy.yaml:4: admin.listen",
+		"ampproxy.yaml:3: grpc.messageTimeout: 5ms: must be at least 20ms",
+		"ampproxy.yaml:5: admin.listen",
 		"storage.path: is required",
 		"storage.encryptionKeyFile",
 		"createKey: true",
 		`"soon" is not a duration`,
-		"ampproxy.yaml:11: shutdown.drainTimeout: must be positive",
+		"ampproxy.yaml:12: shutdown.drainTimeout: must be positive",
 		"bogus",
 		"projects[0].apiKeys[0].sha256: must be 64 hex digits",
 		"projects[0].apiKeys[1].file",
@@ -294,6 +300,41 @@ func TestAPIKeyFileRules(t *testing.T) {
 			}
 			if k := strings.TrimSpace(tc.content); len(k) > 10 && strings.Contains(msg, k) {
 				t.Errorf("error %q holds the key", msg)
+			}
+		})
+	}
+}
+
+// TestMessageTimeout: grpc.messageTimeout mirrors Envoy's setting, and the
+// token wait is half of it.
+func TestMessageTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		value, want, wait, err string
+	}{
+		{"1s", "1s", "500ms", ""},
+		{"20ms", "20ms", "10ms", ""},
+		{"19ms", "", "", "grpc.messageTimeout: 19ms: must be at least 20ms"},
+		{"-1s", "", "", "grpc.messageTimeout: -1s: must be at least 20ms"},
+		{"soon", "", "", `"soon" is not a duration`},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			dir := t.TempDir()
+			write(t, dir, "amp.yaml", goodManifest)
+			write(t, dir, "keys/primary", fileKey+"\n")
+			write(t, dir, "apps/sf", "secret")
+			body := strings.Replace(goodConfig(hash("k")), "admin:", "  messageTimeout: "+tc.value+"\nadmin:", 1)
+			c, err := Load(write(t, dir, "ampproxy.yaml", body))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Load = %v; want an error saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.GRPC.MessageTimeout.String() != tc.want || c.GRPC.TokenWait().String() != tc.wait {
+				t.Errorf("messageTimeout %s, token wait %s; want %s and %s", c.GRPC.MessageTimeout, c.GRPC.TokenWait(), tc.want, tc.wait)
 			}
 		})
 	}

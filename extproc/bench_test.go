@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/throttle"
+	"github.com/ampproxy/ampproxy/tokens"
 )
 
 var respHeaders = &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
@@ -21,11 +23,19 @@ var respHeaders = &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*
 }}}
 
 // BenchmarkHandlers measures ampproxy's own work for one request: the
-// request phase and the response phase, without gRPC.
+// request phase and the response phase, without gRPC. oauth-int uses the
+// stored token as it is (no token source); oauth-refresher asks a
+// tokens.Refresher, as serve does, for a token that is valid, which it
+// answers from memory.
 func BenchmarkHandlers(b *testing.B) {
-	for _, integ := range []string{"key-int", "query-int", "oauth-int"} {
-		b.Run(integ, func(b *testing.B) {
+	for _, name := range []string{"key-int", "query-int", "oauth-int", "oauth-refresher"} {
+		b.Run(name, func(b *testing.B) {
 			h := newHarness(b, newFixture())
+			integ := name
+			if name == "oauth-refresher" {
+				integ = "oauth-int"
+				h.srv.tokens = benchRefresher(b, h.srv.cfg.Load().Providers)
+			}
 			req := &extprocv3.HttpHeaders{Headers: envoyHeaders("/services/data/v56.0/sobjects/Account?limit=10", proxyHeaders(integ, "g1")...), EndOfStream: true}
 			h.srv.log = discardLogger
 			b.ReportAllocs()
@@ -85,6 +95,31 @@ func BenchmarkHandlersThrottle(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchRefresher is a Refresher on the fixture's clock, with no network.
+// The request path hands it the connection from extproc's store; with a
+// valid token it reads nothing else, so its own store stays empty.
+func benchRefresher(b *testing.B, cat *catalog.Catalog) *tokens.Refresher {
+	b.Helper()
+	dir := b.TempDir()
+	key, err := tokens.LoadKey(filepath.Join(dir, "key"), true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	store, err := tokens.Open(filepath.Join(dir, "db"), key, tokens.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	r := tokens.NewRefresher(tokens.RefresherOptions{
+		Store:     store,
+		Providers: func() *catalog.Catalog { return cat },
+		Now:       func() time.Time { return now },
+		Logger:    discardLogger,
+	})
+	b.Cleanup(r.Close)
+	return r
 }
 
 // BenchmarkStream measures one full ext_proc stream as Envoy drives it

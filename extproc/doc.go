@@ -29,8 +29,12 @@
 // The hot path reads only memory: the config is an atomic pointer swapped
 // on reload, the Store answers without disk I/O, and Tokens answers from
 // memory while a token is valid (a refresh, when one is due, is the only
-// network call, made by tokens.Refresher). A provider 429 waits for its
-// lockout window to be committed before the answer leaves (throttle.Table).
+// network call, made by tokens.Refresher). A request that has to wait for
+// a refresh waits at most Options.TokenWait (half of grpc.messageTimeout,
+// Envoy's message_timeout) from when its headers arrived, then gets 503
+// with Retry-After, so that Envoy's own timeout (a 504) does not come
+// first. A provider 429 waits for its lockout window to be committed
+// before the answer leaves (throttle.Table).
 //
 // A forwarded request allocates its answers as one block with the stream
 // (reply), and the x-amp-* values it parses are views of the received

@@ -235,7 +235,21 @@ func (s *Server) accessToken(st *stream, conn *tokens.Connection) (string, *Prob
 		}
 		return c.AccessToken, nil
 	}
-	tok, err := s.tokens.AccessToken(st.ctx, conn)
+	if tok, ok := s.tokens.Cached(conn); ok {
+		return tok, nil
+	}
+	// A refresh may be needed. Envoy's message_timeout has been running
+	// since it sent the request headers, so the wait for the refresh ends
+	// TokenWait after they arrived, not after it began: a request that
+	// gives up then gets 503 with Retry-After well before Envoy's 504.
+	arrived := st.arrived
+	if arrived.IsZero() {
+		// Not set by Process: the phase was called directly.
+		arrived = time.Now()
+	}
+	ctx, cancel := context.WithDeadline(st.ctx, arrived.Add(s.wait))
+	defer cancel()
+	tok, err := s.tokens.AccessToken(ctx, conn)
 	if err == nil {
 		return tok, nil
 	}

@@ -34,12 +34,18 @@ type Store interface {
 }
 
 // Tokens hands out OAuth2 access tokens, refreshing them when needed
-// (tokens.Refresher). AccessToken must answer from memory while the
-// token is valid.
+// (tokens.Refresher). Cached answers from memory, without allocating,
+// while the token is valid; AccessToken is asked only when Cached says
+// no, and may wait for a refresh until ctx's deadline.
 type Tokens interface {
+	Cached(c *tokens.Connection) (string, bool)
 	AccessToken(ctx context.Context, c *tokens.Connection) (string, error)
 	MarkStale(connID, accessToken string)
 }
+
+// DefaultTokenWait is Options.TokenWait's default: half of Envoy's default
+// message_timeout (200 ms).
+const DefaultTokenWait = 100 * time.Millisecond
 
 // Lockouts is the throttle table of DESIGN §3 (throttle.Table): Check on
 // the request path of throttle-mode requests, Observe429 in the response
@@ -65,6 +71,12 @@ type Options struct {
 	// Tokens refreshes OAuth2 tokens; nil uses tokens as stored and
 	// answers 424 once they expire.
 	Tokens Tokens
+	// TokenWait bounds how long a request waits for an OAuth2 token
+	// refresh, counted from when its request headers arrived (when Envoy's
+	// message_timeout is already running): past it the request gets 503
+	// with Retry-After. Keep it well inside Envoy's message_timeout, past
+	// which Envoy answers 504. Zero means DefaultTokenWait.
+	TokenWait time.Duration
 	// Lockouts remembers provider 429s per connection; nil turns throttle
 	// mode off (requests pass, 429s are not remembered).
 	Lockouts Lockouts
@@ -81,6 +93,7 @@ type Server struct {
 	health *health.Server
 	met    *metrics.Metrics
 	tokens Tokens
+	wait   time.Duration
 	locks  Lockouts
 }
 
@@ -88,7 +101,10 @@ var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 
 // New returns a Server.
 func New(o Options) *Server {
-	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics, tokens: o.Tokens, locks: o.Lockouts}
+	s := &Server{store: o.Store, now: o.Now, log: o.Logger, health: health.NewServer(), met: o.Metrics, tokens: o.Tokens, wait: o.TokenWait, locks: o.Lockouts}
+	if s.wait <= 0 {
+		s.wait = DefaultTokenWait
+	}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -120,6 +136,7 @@ func (s *Server) Shutdown() { s.health.Shutdown() }
 // same HTTP request.
 type stream struct {
 	start     time.Time
+	arrived   time.Time     // real time the request headers arrived, for TokenWait
 	own       time.Duration // ampproxy's own time over both phases
 	finished  bool          // counted and logged
 	ctx       context.Context
@@ -156,7 +173,8 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		t0 := s.now()
 		switch r := req.Request.(type) {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
-			st.start = t0
+			// On the real clock, as Envoy's timer is: Now may be a test's.
+			st.start, st.arrived = t0, time.Now()
 			resp = s.requestHeaders(st, r.RequestHeaders)
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
 			resp = s.responseHeaders(st, r.ResponseHeaders)

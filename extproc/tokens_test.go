@@ -22,6 +22,9 @@ type fakeTokens struct {
 	called int
 }
 
+// Cached never answers, so that every request reaches AccessToken.
+func (f *fakeTokens) Cached(*tokens.Connection) (string, bool) { return "", false }
+
 func (f *fakeTokens) AccessToken(_ context.Context, c *tokens.Connection) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -114,5 +117,79 @@ func TestTokenSourceUsedAndMarkedStale(t *testing.T) {
 	h.exchange(envoyHeaders("/x", proxyHeaders("key-int", "g1")...), "401")
 	if ft.called != before || len(ft.stale) != 1 {
 		t.Error("an API-key request used the token source")
+	}
+}
+
+// waitTokens records what the request path asks of its token source.
+type waitTokens struct {
+	mu       sync.Mutex
+	cached   bool
+	asked    int
+	deadline time.Time
+}
+
+func (w *waitTokens) Cached(*tokens.Connection) (string, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return "cached-token", w.cached
+}
+
+func (w *waitTokens) AccessToken(ctx context.Context, _ *tokens.Connection) (string, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.asked++
+	w.deadline, _ = ctx.Deadline()
+	return "refreshed-token", nil
+}
+
+func (w *waitTokens) MarkStale(string, string) {}
+
+// TestTokenWaitFromArrival: a request whose token is not cached may wait
+// for it until TokenWait after its headers arrived, since Envoy's
+// message_timeout runs from then; a request whose token is cached never
+// reaches AccessToken.
+func TestTokenWaitFromArrival(t *testing.T) {
+	const wait = 70 * time.Millisecond
+	wt := &waitTokens{}
+	h := newHarnessWith(t, Options{Store: newFixture(), Tokens: wt, TokenWait: wait})
+	sent := func() string {
+		t.Helper()
+		first, _ := h.exchange(envoyHeaders("/x", proxyHeaders("oauth-int", "g1")...), "200")
+		for _, hv := range first.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+			if hv.Header.Key == "authorization" {
+				return string(hv.Header.RawValue)
+			}
+		}
+		t.Fatal("no authorization was set")
+		return ""
+	}
+
+	before := time.Now()
+	got := sent()
+	after := time.Now()
+	wt.mu.Lock()
+	deadline, asked := wt.deadline, wt.asked
+	wt.mu.Unlock()
+	if got != "Bearer refreshed-token" || asked != 1 {
+		t.Fatalf("sent %q after %d AccessToken calls; want the refreshed token after 1", got, asked)
+	}
+	// The stream's own context ends in 10 s (the harness's timeout); the
+	// wait must end TokenWait after the headers arrived, which happened
+	// between before and after.
+	if deadline.Before(before.Add(wait)) || deadline.After(after.Add(wait)) {
+		t.Errorf("AccessToken's deadline is %s after the request was sent; want %s after its headers arrived",
+			deadline.Sub(before), wait)
+	}
+
+	wt.mu.Lock()
+	wt.cached = true
+	wt.mu.Unlock()
+	if got := sent(); got != "Bearer cached-token" {
+		t.Errorf("sent %q, want the cached token", got)
+	}
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	if wt.asked != 1 {
+		t.Errorf("AccessToken was asked for a cached token")
 	}
 }

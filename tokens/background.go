@@ -8,7 +8,8 @@ import (
 
 // Run refreshes, every RefresherOptions.Background, the tokens of
 // connections used within RecentUse that expire within twice their
-// margin, so that requests rarely wait for a refresh. At most Concurrency
+// margin, or half their lifetime if that is shorter, so that requests
+// rarely wait for a refresh. At most Concurrency
 // of its refreshes run at once; each goes through the same one-refresh-
 // per-connection rule as the request path, and a connection that is
 // backing off or bad_credentials is left alone. Run returns once ctx has
@@ -72,7 +73,22 @@ func (r *Refresher) dueAhead(c *Connection, st *connRefresh, now time.Time) bool
 		return true
 	}
 	exp := c.Credential.Expiry
-	return !exp.IsZero() && !now.Add(2*r.marginFor(c)).Before(exp)
+	return !exp.IsZero() && !now.Add(r.aheadFor(c)).Before(exp)
+}
+
+// aheadFor is how long before its expiry c's token is refreshed in the
+// background: twice the margin, so that requests seldom find a token
+// inside it, but at most half the token's lifetime as the store saw it.
+// The margin is capped at half the lifetime too, so for a short-lived
+// token both come to half its life: a token just issued is never due, and
+// a connection is refreshed about twice per token lifetime, not on every
+// sweep.
+func (r *Refresher) aheadFor(c *Connection) time.Duration {
+	ahead := 2 * r.marginFor(c)
+	if life := c.Credential.Expiry.Sub(c.UpdateTime); life > 0 {
+		ahead = min(ahead, life/2)
+	}
+	return ahead
 }
 
 // startAhead starts a background refresh of connection id unless one is
@@ -87,6 +103,9 @@ func (r *Refresher) startAhead(id string, release func()) bool {
 	}
 	// Read again under st.mu, as the request path does.
 	c, ok := r.store.Connection(id)
+	if ok {
+		st.observe(c)
+	}
 	now := r.now()
 	if !ok || now.Before(st.retryAt) || (!st.badAt.IsZero() && c.UpdateTime.Equal(st.badAt)) || !r.dueAhead(c, st, now) {
 		return false

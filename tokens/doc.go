@@ -34,8 +34,11 @@
 // through golang.org/x/oauth2 (and its clientcredentials package) with the
 // catalog's authStyle, never auto-detection, which would send the grant a
 // second time; and on a context of the Refresher's own, never a request's,
-// that carries the token HTTP client (10 s timeout by default). Each
-// refresh builds its token source for that one call; none is kept.
+// that carries the token HTTP client (10 s timeout by default). That
+// client never follows a redirect, which would send the client secret and
+// the refresh token on to the redirect's target: a 3xx answer is a failed
+// refresh, retried with backoff. Each refresh builds its token source for
+// that one call; none is kept.
 //
 // The request path. A token valid for longer than the margin (5 minutes,
 // or the catalog's oauth2.refreshMargin, and never more than half the
@@ -43,17 +46,23 @@
 // I/O. Otherwise one refresh per connection runs at a time and every
 // concurrent caller shares its result. A caller whose token is inside the
 // margin but not expired gets it at once while the refresh runs for the
-// next requests. A caller whose token has expired waits at most
-// RefresherOptions.Wait, 150 ms by default, or less if its context ends
-// sooner, and then gets a *RetryError, which extproc answers with 503 and
-// Retry-After; the refresh is not cancelled, and the next request uses
+// next requests. A caller whose token has expired waits until its
+// context's deadline, or at most RefresherOptions.Wait (100 ms by
+// default), and then gets a *RetryError, which extproc answers with 503
+// and Retry-After; the refresh is not cancelled, and the next request uses
 // its result. Envoy gives ampproxy 200 ms per message (message_timeout in
-// envoy/envoy.yaml), and answers 504 past it. The server could extend that
-// once with override_message_timeout, but Envoy honours the override only
-// up to the filter's max_message_timeout, which the shipped bootstrap does
-// not set (its zero value disables the override), and extending it would
-// hold the caller's request, and Envoy's stream, for as long as a slow
-// token endpoint takes, up to the 10 s HTTP timeout. A short wait and an
+// envoy/envoy.yaml), counted from when it sends the message, and answers
+// 504 past it. extproc therefore sets the deadline at half of that
+// (config grpc.messageTimeout / 2) after the message arrived, not after
+// the wait began, leaving the other half for the stream, the scheduler
+// and the answer's way back. [Refresher.Cached] lets it build that
+// deadline's context only when there is something to wait for. The server
+// could extend Envoy's timeout once with override_message_timeout, but
+// Envoy honours the override only up to the filter's max_message_timeout,
+// which the shipped bootstrap does not set (its zero value disables the
+// override), and extending it would hold the caller's request, and
+// Envoy's stream, for as long as a slow token endpoint takes, up to the
+// 10 s HTTP timeout. A short wait and an
 // explicit 503 keep the data path's latency bounded and tell the caller
 // when to come back; the margin and the background refresh make the wait
 // rare, since tokens are normally refreshed before they expire.
@@ -75,34 +84,48 @@
 // another grant, and is not used before. If the connection's credentials
 // were replaced while the refresh ran, its answer is discarded.
 //
-// Failures. invalid_grant and unauthorized_client mark the connection
-// bad_credentials (stored) and give ErrBadCredentials (424); so does
-// invalid_client for a client-credentials connection, whose client is its
-// own. The token endpoint is not called for it again until its
+// Failures. invalid_grant marks the connection bad_credentials (stored)
+// and gives ErrBadCredentials (424); so do invalid_client and
+// unauthorized_client for a client-credentials connection, whose client is
+// its own. The token endpoint is not called for it again until its
 // credentials or status are updated; if storing the status failed, the
 // Refresher remembers it until the connection's UpdateTime changes.
-// invalid_client on an authorization-code refresh blames the project's
-// provider app, not the connection: it is logged as an error naming
-// providerApps and retried with backoff, so that an operator's mistake
-// does not mark every user's connection bad. Everything else, the
-// endpoint down, slow or answering 5xx, 429 or an unexpected 4xx or body,
-// and configuration problems, gives a *RetryError (503) and starts a
-// per-connection backoff: BackoffBase (1 s) doubled per failure in a row
-// up to BackoffMax (5 min), with full jitter but never below BackoffBase.
-// During the backoff no request calls the endpoint: a token that has not
-// expired is still handed out, an expired one gets a *RetryError with
-// the rest of the pause. A success resets it. An expired token with no
-// refresh token gives ErrTokenExpired (424) without any request.
+// invalid_client and unauthorized_client on an authorization-code refresh
+// blame the project's provider app, not the connection (RFC 6749 §5.2;
+// Google answers unauthorized_client once the app's client ID changed):
+// they are logged as an error naming providerApps and retried with
+// backoff, so that an operator's mistake does not mark every user's
+// connection bad. Everything else, the
+// endpoint down, slow or answering 5xx, 429, a redirect or an unexpected
+// 4xx or body, and configuration problems, gives a *RetryError (503) and
+// starts a per-connection backoff: BackoffBase (1 s) doubled per failure
+// in a row up to BackoffMax (5 min), with full jitter but never below
+// BackoffBase. During the backoff no request calls the endpoint: a token
+// that has not expired is still handed out, an expired one gets a
+// *RetryError with the rest of the pause. A success resets it, and so
+// does any update of the connection made elsewhere (new credentials or
+// metadata through the admin API, seen as a changed UpdateTime or
+// credential), so that fixed credentials are tried at once. An expired
+// token with no refresh token gives ErrTokenExpired (424) without any
+// request.
 //
 // A provider 401 on a proxied request is reported with
 // [Refresher.MarkStale]: the next request for that token refreshes first.
-// A token that a forced refresh has already replaced is not forced again,
-// so a provider that rejects even fresh tokens costs one refresh per
-// token, not one per request.
+// Such forced refreshes are limited per connection, since each spends a
+// grant and may rotate the refresh token, and a provider that rejects even
+// fresh tokens (a missing scope, a suspended account) would otherwise
+// cost one per request: after a forced refresh, 401s force nothing for a
+// minute and requests go on with the current token; the gap doubles with
+// each forced refresh that follows while it is still recent, up to 30
+// minutes, and is back to a minute after a spell of twice the gap without
+// one, or once the connection's credentials are updated. A 401 for a token
+// that a forced refresh has already replaced forces nothing.
 //
 // [Refresher.Run] refreshes in the background the tokens of connections
-// used within RecentUse (1 h) that expire within twice their margin, at
-// most Concurrency (4) at a time, through the same one-refresh rule.
+// used within RecentUse (1 h) that expire within twice their margin, or
+// within half their lifetime if that is shorter (so a token just issued is
+// never due), at most Concurrency (4) at a time, through the same
+// one-refresh rule.
 //
 // Nothing logged or returned holds a token, refresh token, client secret
 // or token-response body: failures are described by HTTP status and OAuth2

@@ -31,6 +31,12 @@ type refreshOutcome struct {
 	// noBackoff: the failure says nothing about the endpoint (the
 	// connection changed under the refresh), so try again at once.
 	noBackoff bool
+	// left is the connection as this attempt left it in the store: the
+	// stored result of its write, or the snapshot it started from.
+	left *Connection
+	// called: a request reached the network; took is how long it took.
+	called bool
+	took   time.Duration
 	// badAt: see connRefresh.badAt.
 	badAt time.Time
 	// pending: see connRefresh.pending.
@@ -72,19 +78,36 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 	if pending != nil && pending.from == grantOf(&c.Credential) {
 		// The endpoint already answered; its refresh token may be the only
 		// valid one now, so store that answer rather than ask again.
-		return r.save(log, c, pending)
+		out := r.save(log, c, pending)
+		if out.left == nil {
+			out.left = c
+		}
+		return out
 	}
-	issuedAt := r.now()
+	// Both clocks, read together: expiries are on the Refresher's, and
+	// x/oauth2 stamps tok.Expiry on the real one.
+	issuedAt, sent := r.now(), time.Now()
 	tok, err := r.fetch(c)
+	took := time.Since(sent)
+	var out refreshOutcome
 	if err != nil {
-		return r.failed(log, c, err)
+		out = r.failed(log, c, err)
+	} else {
+		out = r.save(log, c, &issuedToken{
+			from:    grantOf(&c.Credential),
+			access:  tok.AccessToken,
+			refresh: tok.RefreshToken,
+			expiry:  expiryOf(tok, issuedAt, sent),
+		})
 	}
-	return r.save(log, c, &issuedToken{
-		from:    grantOf(&c.Credential),
-		access:  tok.AccessToken,
-		refresh: tok.RefreshToken,
-		expiry:  expiryOf(tok, issuedAt),
-	})
+	var se *setupError
+	if !errors.As(err, &se) {
+		out.called, out.took = true, took
+	}
+	if out.left == nil {
+		out.left = c
+	}
+	return out
 }
 
 // fetch asks the provider's token endpoint for a new token with
@@ -170,18 +193,29 @@ func (r *Refresher) failed(log *slog.Logger, c *Connection, err error) refreshOu
 		if code != "" {
 			reason += " " + code
 		}
+		// invalid_client and unauthorized_client are about the client
+		// (RFC 6749 §5.2): for a client-credentials connection that is the
+		// connection's own; for an authorization-code refresh it is the
+		// project's app, shared by every connection of the provider.
+		clientRefused := code == "invalid_client" || code == "unauthorized_client"
 		switch {
-		case code == "invalid_grant" || code == "unauthorized_client" ||
-			(code == "invalid_client" && c.AuthScheme == SchemeOAuth2ClientCredentials):
+		case code == "invalid_grant" || (clientRefused && c.AuthScheme == SchemeOAuth2ClientCredentials):
 			return r.markBad(log, c, code, status)
-		case code == "invalid_client":
-			// The project's app, not the connection, was refused: marking
-			// every connection of the provider bad would take an operator's
-			// mistake out on the users. Back off and say so loudly.
+		case clientRefused:
+			// The project's app, not the connection, was refused (Google
+			// answers unauthorized_client once the app's client ID has
+			// changed): marking every connection of the provider bad would
+			// take an operator's mistake out on the users. Back off and say
+			// so loudly.
 			log.Error("the token endpoint rejected the project's OAuth2 app; check providerApps clientID and clientSecretFile",
 				"status", status, "code", code)
 		case status >= 500 || status == 429 || status == 408:
 			log.Warn("token endpoint unavailable", "status", status, "code", code)
+		case status >= 300 && status < 400:
+			// Not followed: it would carry the secret and the grant to
+			// another URL (see NewTokenClient).
+			log.Error("the token endpoint answered a redirect, which is not followed; check the provider's tokenURL",
+				"status", status)
 		default:
 			log.Error("token endpoint refused the refresh", "status", status, "code", code)
 		}
@@ -218,7 +252,7 @@ func (r *Refresher) markBad(log *slog.Logger, c *Connection, code string, status
 	}
 	log.Warn("the token endpoint rejected the connection's credentials; it is bad_credentials until they are updated",
 		"status", status, "code", code)
-	return refreshOutcome{result: resultInvalidGrant, badAt: badAt}
+	return refreshOutcome{result: resultInvalidGrant, badAt: badAt, left: stored}
 }
 
 // save stores it over c's credential and returns the token only once the
@@ -250,12 +284,13 @@ func (r *Refresher) save(log *slog.Logger, c *Connection, it *issuedToken) refre
 		attrs = append(attrs, "expiry", it.expiry)
 	}
 	log.Info("access token refreshed", attrs...)
-	return refreshOutcome{result: resultOK, token: stored.Credential.AccessToken}
+	return refreshOutcome{result: resultOK, token: stored.Credential.AccessToken, left: stored}
 }
 
 // expiryOf turns the answer's expires_in into an expiry on the
-// Refresher's clock, counted from before the request was sent.
-func expiryOf(tok *oauth2.Token, issuedAt time.Time) time.Time {
+// Refresher's clock, counted from issuedAt, that clock's time before the
+// request was sent; sent is the real time read with it.
+func expiryOf(tok *oauth2.Token, issuedAt, sent time.Time) time.Time {
 	secs := tok.ExpiresIn
 	if secs <= 0 {
 		// clientcredentials does not copy ExpiresIn; the raw answer has it.
@@ -273,7 +308,10 @@ func expiryOf(tok *oauth2.Token, issuedAt time.Time) time.Time {
 	case secs > 0:
 		return issuedAt.Add(time.Duration(min(secs, maxSecs)) * time.Second).UTC().Round(0)
 	case !tok.Expiry.IsZero():
-		return issuedAt.Add(time.Until(tok.Expiry)).UTC().Round(0)
+		// x/oauth2 set Expiry to time.Now() plus the lifetime when the
+		// answer came; measured from sent on that same clock, the lifetime
+		// moves to the Refresher's clock whatever that clock reads.
+		return issuedAt.Add(tok.Expiry.Sub(sent)).UTC().Round(0)
 	}
 	return time.Time{}
 }

@@ -18,7 +18,7 @@ import (
 // Defaults of RefresherOptions.
 const (
 	DefaultRefreshMargin     = 5 * time.Minute
-	DefaultRefreshWait       = 150 * time.Millisecond
+	DefaultRefreshWait       = 100 * time.Millisecond
 	DefaultTokenTimeout      = 10 * time.Second
 	DefaultBackoffBase       = time.Second
 	DefaultBackoffMax        = 5 * time.Minute
@@ -31,8 +31,8 @@ const (
 // errors.Is.
 var (
 	// ErrBadCredentials: the provider's token endpoint rejected the
-	// connection's grant (invalid_grant or unauthorized_client, or
-	// invalid_client for a client-credentials connection), and the
+	// connection's grant (invalid_grant, or invalid_client or
+	// unauthorized_client for a client-credentials connection), and the
 	// connection is bad_credentials. The token endpoint is not called for
 	// it again until its credentials or status are updated. Answer 424.
 	ErrBadCredentials = errors.New("the provider rejected the connection's credentials")
@@ -78,10 +78,12 @@ type RefresherOptions struct {
 	// Apps finds a project's OAuth2 app for refreshing authorization-code
 	// connections. Client-credentials connections carry their own client.
 	Apps AppLookup
-	// HTTPClient calls the token endpoints. The default has a 10 s
-	// timeout. It is handed to golang.org/x/oauth2 through the context of
-	// the refresh, which is never a request's context; a refresh is
-	// bounded by HTTPClient.Timeout, or 10 s when that is zero.
+	// HTTPClient calls the token endpoints. The default is
+	// NewTokenClient(10 s). It is handed to golang.org/x/oauth2 through the
+	// context of the refresh, which is never a request's context; a
+	// refresh is bounded by HTTPClient.Timeout, or 10 s when that is zero.
+	// Whatever its CheckRedirect, the Refresher uses a copy that does not
+	// follow redirects (see NewTokenClient).
 	HTTPClient *http.Client
 	// Margin is how long before expiry a token is refreshed, unless the
 	// catalog's oauth2.refreshMargin says otherwise for the provider. A
@@ -89,9 +91,12 @@ type RefresherOptions struct {
 	// store (expiry minus the connection's UpdateTime), so a provider
 	// issuing short-lived tokens is not refreshed on every request.
 	Margin time.Duration
-	// Wait is how long a request waits for a refresh in flight before it
-	// gets a *RetryError; the refresh goes on. Keep it inside Envoy's
-	// message_timeout (200 ms in the shipped bootstrap).
+	// Wait is the longest a caller waits for a refresh in flight before it
+	// gets a *RetryError (the refresh goes on), counted from when the wait
+	// begins; a caller whose context has a deadline waits until that
+	// deadline at most. The request path sets its deadline from when
+	// Envoy's message arrived, which is what Envoy's message_timeout (200
+	// ms in the shipped bootstrap) counts from too.
 	Wait time.Duration
 	// BackoffBase and BackoffMax bound the pause after a failed refresh:
 	// exponential in the number of failures in a row, with full jitter,
@@ -108,10 +113,14 @@ type RefresherOptions struct {
 	// Logger receives refresh outcomes, never a secret. Nil means
 	// slog.Default().
 	Logger *slog.Logger
-	// OnRefresh, when set, is called after each refresh attempt with the
-	// provider, the result (ok, invalid_grant, error) and how long it
-	// took, and with result backoff, d = 0, each time a connection that
-	// is backing off is asked for a token. It must be quick.
+	// OnRefresh, when set, is called once per request made to a token
+	// endpoint, after it, with the provider, the result and how long the
+	// request took. Results: ok (a token was issued and stored),
+	// invalid_grant (the endpoint rejected the connection's credentials,
+	// which are now bad_credentials), error (anything else). Nothing is
+	// reported when no request is made: while a connection backs off, for
+	// a configuration problem, or when an answer kept from an earlier
+	// attempt is stored. It must be quick.
 	OnRefresh func(provider, result string, d time.Duration)
 }
 
@@ -120,7 +129,19 @@ const (
 	resultOK           = "ok"
 	resultInvalidGrant = "invalid_grant"
 	resultError        = "error"
-	resultBackoff      = "backoff"
+)
+
+// Limits on refreshes forced by provider 401s (MarkStale). After a forced
+// refresh the connection's next one waits forceGapMin; each forced while
+// the previous gap was still recent doubles the gap, up to forceGapMax;
+// one that comes after twice the gap or more, or new credentials, start
+// again from forceGapMin. A provider that rejects even fresh tokens (a
+// missing scope, a suspended account) thus costs a handful of grants an
+// hour rather than one per request, each of which may rotate the refresh
+// token.
+const (
+	forceGapMin = time.Minute
+	forceGapMax = 30 * time.Minute
 )
 
 // Refresher hands out usable OAuth2 access tokens for connections,
@@ -169,10 +190,19 @@ type connRefresh struct {
 	// whoever holds it looks the state up again.
 	dead   bool
 	flight *refreshFlight
+	// seen and seenGrant are the UpdateTime and credential of the
+	// connection as this state last saw it: a difference is an update
+	// made elsewhere (see observe).
+	seen      time.Time
+	seenGrant grantID
 	// forced is the access token the last forced refresh replaced:
-	// MarkStale ignores it, so a provider that keeps answering 401 gets
-	// one forced refresh per token, not one per request.
+	// MarkStale ignores it, so a late 401 for a replaced token, or one
+	// for a token that the refresh handed back unchanged, forces nothing.
 	forced string
+	// forcedAt is when the last forced refresh started; until forceGap
+	// has passed since, MarkStale forces none (see forceGapMin).
+	forcedAt time.Time
+	forceGap time.Duration
 	// failures counts failed refreshes in a row; until retryAt the token
 	// endpoint is not called and retryReason explains why.
 	failures    int
@@ -217,7 +247,11 @@ func NewRefresher(o RefresherOptions) *Refresher {
 		onRefresh: o.OnRefresh,
 	}
 	if r.client == nil {
-		r.client = &http.Client{Timeout: DefaultTokenTimeout}
+		r.client = NewTokenClient(DefaultTokenTimeout)
+	} else {
+		c := *r.client
+		c.CheckRedirect = noRedirect
+		r.client = &c
 	}
 	r.timeout = r.client.Timeout
 	if r.timeout <= 0 {
@@ -239,6 +273,19 @@ func NewRefresher(o RefresherOptions) *Refresher {
 	return r
 }
 
+// NewTokenClient returns an HTTP client for token endpoints, with the
+// given timeout, that answers a redirect with the redirect itself instead
+// of following it. A token request carries the client secret and the grant
+// (refresh token, authorization code) in its body: following a 307 or 308
+// would post them again to wherever Location points, and a 301 to 303
+// would turn the request into a GET without them. A token endpoint that
+// redirects is misconfigured; its answer fails as an HTTP 3xx.
+func NewTokenClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, CheckRedirect: noRedirect}
+}
+
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
@@ -249,36 +296,52 @@ func orDefault(d, def time.Duration) time.Duration {
 // AccessToken returns a usable access token for c, an OAuth2 connection
 // (authorization code or client credentials) as the store returned it.
 //
-// A token valid for longer than the margin, and not marked stale, is
-// returned at once, without locking, allocation or I/O. Otherwise the
-// connection is read again from the store and, when needed, refreshed:
-// one refresh per connection at a time, which every concurrent caller
-// shares. A token that is about to expire but has not is returned at once
-// while its refresh runs; a caller whose token has expired waits for the
-// refresh, at most Wait or until ctx ends, and then gets a *RetryError
-// while the refresh goes on, on its own context, for the next request.
+// A token that Cached would return is returned at once, without locking,
+// allocation or I/O. Otherwise the connection is read again from the
+// store and, when needed, refreshed: one refresh per connection at a
+// time, which every concurrent caller shares. A token that is about to
+// expire but has not is returned at once while its refresh runs; a caller
+// whose token has expired waits for the refresh, until ctx's deadline or
+// at most Wait, and then gets a *RetryError while the refresh goes on, on
+// its own context, for the next request.
 //
 // Errors: ErrBadCredentials, ErrTokenExpired, *RetryError, or a wrapped
 // ErrNotFound when the connection has been deleted.
 func (r *Refresher) AccessToken(ctx context.Context, c *Connection) (string, error) {
+	if tok, ok := r.Cached(c); ok {
+		return tok, nil
+	}
+	return r.slow(ctx, c.ID, r.state(c.ID))
+}
+
+// Cached returns c's access token when it can be sent as it is: valid for
+// longer than the margin, not marked stale, and the connection not
+// bad_credentials. It answers from memory, without locking, allocation or
+// I/O, and records the use as AccessToken does. When it says no,
+// AccessToken has work to do; a caller on a hot path asks Cached first
+// and builds AccessToken's context (with a deadline, which allocates)
+// only then.
+func (r *Refresher) Cached(c *Connection) (string, bool) {
 	now := r.now()
 	st := r.state(c.ID)
 	st.touch(now)
 	if c.Status != StatusBadCredentials && !st.isStale(c.Credential.AccessToken) && r.fresh(c, now) {
-		return c.Credential.AccessToken, nil
+		return c.Credential.AccessToken, true
 	}
-	return r.slow(ctx, c.ID, st)
+	return "", false
 }
 
 // MarkStale records that a provider answered 401 to a request made with
-// accessToken: the connection's next request refreshes first. A token
-// that a forced refresh has already replaced once is not forced again,
-// so a provider that rejects a freshly issued token does not cause a
-// refresh per request.
+// accessToken: the connection's next request refreshes first. Forced
+// refreshes are limited per connection (see forceGapMin): within the gap
+// after the last one a 401 forces nothing, and requests go on with the
+// current token. A 401 for a token that a forced refresh has already
+// replaced forces nothing either.
 func (r *Refresher) MarkStale(connID, accessToken string) {
 	if accessToken == "" {
 		return
 	}
+	c, found := r.store.Connection(connID)
 	for {
 		st := r.state(connID)
 		st.mu.Lock()
@@ -286,7 +349,11 @@ func (r *Refresher) MarkStale(connID, accessToken string) {
 			st.mu.Unlock()
 			continue
 		}
-		if st.forced != accessToken {
+		if found {
+			// New credentials since the last forced refresh lift its limit.
+			st.observe(c)
+		}
+		if st.forced != accessToken && (st.forcedAt.IsZero() || r.now().Sub(st.forcedAt) >= st.forceGap) {
 			st.stale.Store(&accessToken)
 		}
 		st.mu.Unlock()
@@ -320,6 +387,31 @@ func (st *connRefresh) touch(now time.Time) {
 	if n-st.lastUse.Load() > int64(time.Second) {
 		st.lastUse.Store(n)
 	}
+}
+
+// observe notes c as just read from the store, with st.mu held. An update
+// this Refresher did not make (new credentials or metadata through the
+// admin API) ends the connection's backoff and the limit on its forced
+// refreshes: what failed, or was rejected, belonged to what it replaced.
+// While a refresh runs its own write is not yet noted, so nothing is
+// decided; an update made meanwhile is seen once it has ended.
+func (st *connRefresh) observe(c *Connection) {
+	if st.flight != nil {
+		return
+	}
+	g := grantOf(&c.Credential)
+	if c.UpdateTime.Equal(st.seen) && g == st.seenGrant {
+		return
+	}
+	st.failures, st.retryAt, st.retryReason = 0, time.Time{}, ""
+	st.forcedAt, st.forceGap = time.Time{}, 0
+	st.seen, st.seenGrant = c.UpdateTime, g
+}
+
+// noteWritten records c as this Refresher left it in the store, so that
+// observe does not take its own write for someone else's.
+func (st *connRefresh) noteWritten(c *Connection) {
+	st.seen, st.seenGrant = c.UpdateTime, grantOf(&c.Credential)
 }
 
 func (st *connRefresh) isStale(token string) bool {
@@ -374,6 +466,7 @@ func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (strin
 		st.mu.Unlock()
 		return "", fmt.Errorf("connection %s: %w", id, ErrNotFound)
 	}
+	st.observe(c)
 	now := r.now()
 	if c.Status == StatusBadCredentials || (!st.badAt.IsZero() && c.UpdateTime.Equal(st.badAt)) {
 		st.mu.Unlock()
@@ -399,7 +492,6 @@ func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (strin
 		if now.Before(st.retryAt) {
 			after, reason := st.retryAt.Sub(now), st.retryReason
 			st.mu.Unlock()
-			r.report(c.Provider, resultBackoff, 0)
 			if still {
 				return c.Credential.AccessToken, nil
 			}
@@ -418,7 +510,8 @@ func (r *Refresher) slow(ctx context.Context, id string, st *connRefresh) (strin
 	return r.await(ctx, f)
 }
 
-// await waits for f at most Wait, or until ctx ends.
+// await waits for f at most Wait, and no later than ctx's deadline, or
+// until ctx ends.
 func (r *Refresher) await(ctx context.Context, f *refreshFlight) (string, error) {
 	select {
 	case <-f.done:
@@ -456,6 +549,13 @@ func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func
 	st.flight = f
 	if forced {
 		st.forced = c.Credential.AccessToken
+		now := r.now()
+		if st.forcedAt.IsZero() || now.Sub(st.forcedAt) >= 2*st.forceGap {
+			st.forceGap = forceGapMin
+		} else {
+			st.forceGap = min(2*st.forceGap, forceGapMax)
+		}
+		st.forcedAt = now
 	}
 	pending := st.pending
 	go func() {
@@ -471,13 +571,12 @@ func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func
 // fly runs one refresh and publishes its outcome to the state and to the
 // callers waiting on f.
 func (r *Refresher) fly(st *connRefresh, f *refreshFlight, c *Connection, pending *issuedToken) {
-	began := time.Now()
 	out := r.refresh(c, pending)
-	took := time.Since(began)
 
 	st.mu.Lock()
 	st.flight = nil
 	st.pending = out.pending
+	st.noteWritten(out.left)
 	switch out.result {
 	case resultOK:
 		st.failures, st.retryAt, st.retryReason = 0, time.Time{}, ""
@@ -501,7 +600,9 @@ func (r *Refresher) fly(st *connRefresh, f *refreshFlight, c *Connection, pendin
 	}
 	st.mu.Unlock()
 	close(f.done)
-	r.report(c.Provider, out.result, took)
+	if out.called && r.onRefresh != nil {
+		r.onRefresh(c.Provider, out.result, out.took)
+	}
 }
 
 // backoff is the pause after the n-th failure in a row: BackoffBase
@@ -520,10 +621,4 @@ func (r *Refresher) backoff(n int) time.Duration {
 // turn into a burst of attempts.
 func (r *Refresher) fullJitter(ceiling time.Duration) time.Duration {
 	return max(time.Duration(rand.Int64N(int64(ceiling)+1)), r.base)
-}
-
-func (r *Refresher) report(provider, result string, d time.Duration) {
-	if r.onRefresh != nil {
-		r.onRefresh(provider, result, d)
-	}
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/ampproxy/ampproxy/catalog"
 	"github.com/ampproxy/ampproxy/internal/oauthtest"
 )
@@ -109,6 +111,8 @@ type envConfig struct {
 	opts RefresherOptions
 	// exactBackoff replaces full jitter with the ceiling itself.
 	exactBackoff bool
+	// defaultClient leaves opts.HTTPClient nil, as serve does.
+	defaultClient bool
 }
 
 // refreshEnv is a Refresher wired to a real OAuth2 server, a store on
@@ -157,7 +161,7 @@ func newRefreshEnv(tb testing.TB, cfg envConfig) *refreshEnv {
 			return e.srv.ClientID(), e.srv.ClientSecret(), project == testProject, nil
 		}
 	}
-	if o.HTTPClient == nil {
+	if o.HTTPClient == nil && !cfg.defaultClient {
 		e.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
 		tb.Cleanup(e.client.CloseIdleConnections)
 		o.HTTPClient = e.client
@@ -219,6 +223,9 @@ func (e *refreshEnv) result(tb testing.TB) string {
 		return ""
 	}
 }
+
+// idle waits for the refreshes in flight, and their reports, to end.
+func (e *refreshEnv) idle() { e.r.wg.Wait() }
 
 // noResult checks that no refresh attempt has been reported.
 func (e *refreshEnv) noResult(tb testing.TB) {
@@ -550,21 +557,25 @@ func TestTokenEndpointDownBacksOff(t *testing.T) {
 	e.srv.SetDown(true)
 	c, _ := e.expiredConn(t)
 	var afters []time.Duration
-	backoffs := 0
 	// Ten simulated minutes, a request every second.
 	for range 600 {
+		before := e.srv.Requests("")
 		_, err := e.r.AccessToken(t.Context(), c)
 		var re *RetryError
 		if !errors.As(err, &re) {
 			t.Fatalf("AccessToken with the endpoint down = %v, want a *RetryError", err)
 		}
-		switch r := e.result(t); r {
-		case resultBackoff:
-			backoffs++
-		case resultError:
+		e.idle()
+		// Only a request that reached the endpoint is reported: the
+		// metrics count and time token requests, not callers refused
+		// during the backoff.
+		if e.srv.Requests("") > before {
+			if r := e.result(t); r != resultError {
+				t.Fatalf("result %s, want error", r)
+			}
 			afters = append(afters, re.After)
-		default:
-			t.Fatalf("result %s", r)
+		} else {
+			e.noResult(t)
 		}
 		e.clock.Advance(time.Second)
 	}
@@ -582,9 +593,6 @@ func TestTokenEndpointDownBacksOff(t *testing.T) {
 	if n := e.srv.Requests(""); n != len(want) {
 		t.Errorf("%d requests reached the server, want %d", n, len(want))
 	}
-	if backoffs != 600-len(want) {
-		t.Errorf("%d backoff reports, want %d", backoffs, 600-len(want))
-	}
 
 	// Back up: the next attempt after the pause succeeds and resets.
 	e.srv.SetDown(false)
@@ -600,6 +608,46 @@ func TestTokenEndpointDownBacksOff(t *testing.T) {
 	}
 }
 
+// TestNewCredentialsEndBackoff: credentials updated through the store (the
+// admin API's PATCH) are tried at once, whatever backoff the old ones
+// earned.
+func TestNewCredentialsEndBackoff(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{exactBackoff: true})
+	e.srv.SetDown(true)
+	c, _ := e.expiredConn(t)
+	// Five failures in a row: the next attempt is 16 s away.
+	for range 5 {
+		e.r.AccessToken(t.Context(), c)
+		e.idle()
+		e.clock.Advance(e.r.state(c.ID).retryAt.Sub(e.clock.Now()))
+	}
+	_, err := e.r.AccessToken(t.Context(), c)
+	var re *RetryError
+	if !errors.As(err, &re) || re.After < 16*time.Second {
+		t.Fatalf("AccessToken = %v; want a *RetryError of the backoff, 16 s or more", err)
+	}
+	e.idle()
+	attempts := e.srv.Requests("")
+
+	e.srv.SetDown(false)
+	fresh := e.issue(t)
+	_, err = e.store.UpdateConnection(testProject, c.ID, func(w *Connection) error {
+		w.Credential.RefreshToken = fresh.Refresh
+		w.Status = StatusCreated
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || !e.srv.ValidAccess(got) {
+		t.Fatalf("AccessToken right after new credentials = %v; want a refresh with them", err)
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != attempts+1 {
+		t.Errorf("%d refresh grants, want %d", n, attempts+1)
+	}
+}
+
 // TestBackoffJitterBounded runs the real jitter: attempts stay few.
 func TestBackoffJitterBounded(t *testing.T) {
 	e := newRefreshEnv(t, envConfig{})
@@ -607,7 +655,7 @@ func TestBackoffJitterBounded(t *testing.T) {
 	c, _ := e.expiredConn(t)
 	for range 600 {
 		e.r.AccessToken(t.Context(), c)
-		e.result(t)
+		e.idle()
 		e.clock.Advance(time.Second)
 	}
 	// Expected about a dozen; the floor of BackoffBase caps it at 600.
@@ -630,13 +678,18 @@ func TestFailedRefreshKeepsValidToken(t *testing.T) {
 	tok := e.issue(t)
 	c := e.authCodeConn(t, provAuthCode, tok, e.clock.Now().Add(time.Hour))
 	e.clock.Advance(57 * time.Minute) // 3 minutes left, inside the 5 minute margin
-	for i, want := range []string{resultError, resultBackoff, resultBackoff} {
+	for i := range 3 {
 		got, err := e.r.AccessToken(t.Context(), c)
 		if err != nil || got != tok.Access {
 			t.Fatalf("AccessToken = %v; want the still valid token", err)
 		}
-		if r := e.result(t); r != want {
-			t.Fatalf("call %d: %s, want %s", i, r, want)
+		e.idle()
+		if i == 0 {
+			if r := e.result(t); r != resultError {
+				t.Fatalf("first call: %s, want error", r)
+			}
+		} else {
+			e.noResult(t) // backing off: no request, no report
 		}
 	}
 	if n := e.srv.Requests(""); n != 1 {
@@ -669,28 +722,125 @@ func TestMarkStale(t *testing.T) {
 	tok1 := e.issue(t)
 	c := e.authCodeConn(t, provAuthCode, tok1, e.clock.Now().Add(time.Hour))
 	refreshes := func() int { return e.srv.Requests(oauthtest.GrantRefreshToken) }
+	current := func() string {
+		t.Helper()
+		got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
 
 	e.r.MarkStale(c.ID, tok1.Access)
-	tok2, err := e.r.AccessToken(t.Context(), c)
-	if err != nil || tok2 == tok1.Access || refreshes() != 1 {
-		t.Fatalf("after MarkStale: %v, %d refreshes; want one forced refresh and a new token", err, refreshes())
+	tok2 := current()
+	if tok2 == tok1.Access || refreshes() != 1 {
+		t.Fatalf("after MarkStale: %d refreshes; want one forced refresh and a new token", refreshes())
 	}
 	// A late 401 for the replaced token changes nothing.
 	e.r.MarkStale(c.ID, tok1.Access)
-	if got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID)); err != nil || got != tok2 || refreshes() != 1 {
-		t.Fatalf("after a late MarkStale of the old token: %v, %d refreshes; want the current token, no refresh", err, refreshes())
+	if got := current(); got != tok2 || refreshes() != 1 {
+		t.Fatalf("after a late MarkStale of the old token: %d refreshes; want the current token, no refresh", refreshes())
 	}
-	// A 401 for the new token forces one more.
+	// A 401 for the new token within a minute of the forced refresh:
+	// requests go on with it.
+	e.clock.Advance(forceGapMin - time.Second)
 	e.r.MarkStale(c.ID, tok2)
-	tok3, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
-	if err != nil || tok3 == tok2 || refreshes() != 2 {
-		t.Fatalf("after MarkStale of the new token: %v, %d refreshes", err, refreshes())
+	if got := current(); got != tok2 || refreshes() != 1 {
+		t.Fatalf("MarkStale within the gap: %d refreshes; want the current token, no refresh", refreshes())
+	}
+	// Once the gap has passed, one more is forced, and the gap doubles.
+	e.clock.Advance(time.Second)
+	e.r.MarkStale(c.ID, tok2)
+	tok3 := current()
+	if tok3 == tok2 || refreshes() != 2 {
+		t.Fatalf("MarkStale after the gap: %d refreshes, want 2", refreshes())
+	}
+	e.clock.Advance(forceGapMin)
+	e.r.MarkStale(c.ID, tok3)
+	if got := current(); got != tok3 || refreshes() != 2 {
+		t.Fatalf("MarkStale within the doubled gap: %d refreshes, want 2", refreshes())
+	}
+	e.clock.Advance(forceGapMin)
+	e.r.MarkStale(c.ID, tok3)
+	tok4 := current()
+	if tok4 == tok3 || refreshes() != 3 {
+		t.Fatalf("MarkStale after the doubled gap: %d refreshes, want 3", refreshes())
+	}
+	// After a quiet spell of twice the gap (now 4 minutes), the gap is
+	// back to a minute.
+	e.clock.Advance(8 * forceGapMin)
+	e.r.MarkStale(c.ID, tok4)
+	tok5 := current()
+	e.clock.Advance(forceGapMin)
+	e.r.MarkStale(c.ID, tok5)
+	if tok6 := current(); tok6 == tok5 || refreshes() != 5 {
+		t.Fatalf("after a quiet spell: %d refreshes, want 5 (the gap back to %s)", refreshes(), forceGapMin)
+	}
+}
+
+// TestRepeated401sBounded: a provider that answers 401 to every request
+// costs a handful of refresh grants, not one per request, each of which
+// rotates the refresh token.
+func TestRepeated401sBounded(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{})
+	c := e.authCodeConn(t, provAuthCode, e.issue(t), e.clock.Now().Add(24*time.Hour))
+	request := func() {
+		t.Helper()
+		got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.r.MarkStale(c.ID, got) // the provider's answer: 401
+		e.clock.Advance(time.Second)
+	}
+	for range 20 {
+		request()
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 1 {
+		t.Errorf("20 requests answered 401 in 20 s: %d refresh grants, want 1", n)
+	}
+	// An hour of it, a request a second: forced refreshes 1, 2, 4, 8, 16
+	// and 30 minutes apart.
+	for range 3600 - 20 {
+		request()
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 6 {
+		t.Errorf("3600 requests answered 401 in an hour: %d refresh grants, want 6", n)
+	}
+}
+
+// TestNewCredentialsLiftForceLimit: credentials updated through the store
+// (the admin API's PATCH) may be forced at once, whatever the limit left
+// by the ones they replaced.
+func TestNewCredentialsLiftForceLimit(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{})
+	tok := e.issue(t)
+	c := e.authCodeConn(t, provAuthCode, tok, e.clock.Now().Add(time.Hour))
+	e.r.MarkStale(c.ID, tok.Access)
+	if _, err := e.r.AccessToken(t.Context(), c); err != nil {
+		t.Fatal(err)
+	}
+	fresh := e.issue(t)
+	_, err := e.store.UpdateConnection(testProject, c.ID, func(w *Connection) error {
+		w.Credential = Credential{AccessToken: fresh.Access, RefreshToken: fresh.Refresh, Expiry: e.clock.Now().Add(time.Hour)}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.r.MarkStale(c.ID, fresh.Access)
+	got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || got == fresh.Access {
+		t.Fatalf("AccessToken = %v; want a refresh of the new credentials", err)
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 2 {
+		t.Errorf("%d refresh grants, want 2", n)
 	}
 }
 
 // TestMarkStaleOncePerToken: a provider that hands back the same access
 // token, and keeps rejecting it, gets one forced refresh, not one per
-// request.
+// gap: refreshing again cannot give a different token.
 func TestMarkStaleOncePerToken(t *testing.T) {
 	var mu sync.Mutex
 	hits := 0
@@ -699,16 +849,17 @@ func TestMarkStaleOncePerToken(t *testing.T) {
 		hits++
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"access_token":"same-token","token_type":"Bearer","expires_in":3600}`)
+		fmt.Fprint(w, `{"access_token":"same-token","token_type":"Bearer","expires_in":86400}`)
 	}))
 	t.Cleanup(ep.Close)
 	e := newRefreshEnv(t, envConfig{tokenURL: ep.URL})
-	c := e.authCodeConn(t, provAuthCode, oauthtest.Tokens{Access: "same-token", Refresh: "rt"}, e.clock.Now().Add(time.Hour))
+	c := e.authCodeConn(t, provAuthCode, oauthtest.Tokens{Access: "same-token", Refresh: "rt"}, e.clock.Now().Add(24*time.Hour))
 	for range 5 {
 		e.r.MarkStale(c.ID, "same-token")
 		if got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID)); err != nil || got != "same-token" {
 			t.Fatalf("AccessToken = %q, %v", got, err)
 		}
+		e.clock.Advance(forceGapMax)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -903,7 +1054,8 @@ func TestErrorClassification(t *testing.T) {
 		expiresIn   time.Duration
 	}{
 		{"invalid_grant", SchemeOAuth2AuthorizationCode, 400, "application/json", `{"error":"invalid_grant"}`, bad, 0},
-		{"unauthorized_client", SchemeOAuth2AuthorizationCode, 400, "application/json", `{"error":"unauthorized_client"}`, bad, 0},
+		{"unauthorized_client, app's fault", SchemeOAuth2AuthorizationCode, 400, "application/json", `{"error":"unauthorized_client"}`, retry, 0},
+		{"unauthorized_client, connection's client", SchemeOAuth2ClientCredentials, 400, "application/json", `{"error":"unauthorized_client"}`, bad, 0},
 		{"invalid_grant with status 200", SchemeOAuth2AuthorizationCode, 200, "application/json", `{"error":"invalid_grant"}`, bad, 0},
 		{"invalid_client, app's fault", SchemeOAuth2AuthorizationCode, 401, "application/json", `{"error":"invalid_client"}`, retry, 0},
 		{"invalid_client, connection's client", SchemeOAuth2ClientCredentials, 401, "application/json", `{"error":"invalid_client"}`, bad, 0},
@@ -964,6 +1116,77 @@ func TestErrorClassification(t *testing.T) {
 				if re.RetryAfterSeconds() < 1 {
 					t.Errorf("Retry-After %d", re.RetryAfterSeconds())
 				}
+			}
+		})
+	}
+}
+
+// TestExpiryOfClocks: an expiry known only from x/oauth2's Expiry, which
+// is on the real clock, lands on the Refresher's clock, however far that
+// is from the real one: the lifetime, measured from when the request was
+// sent, counted from the Refresher's time at that moment.
+func TestExpiryOfClocks(t *testing.T) {
+	issuedAt := newManualClock().Now()
+	sent := time.Now()
+	tok := &oauth2.Token{AccessToken: "a", Expiry: sent.Add(10 * time.Minute)}
+	if got, want := expiryOf(tok, issuedAt, sent), issuedAt.Add(10*time.Minute); !got.Equal(want) {
+		t.Errorf("expiry from Expiry alone = %s, want %s", got, want)
+	}
+	tok = tok.WithExtra(map[string]any{"expires_in": float64(60)})
+	if got, want := expiryOf(tok, issuedAt, sent), issuedAt.Add(time.Minute); !got.Equal(want) {
+		t.Errorf("expiry with expires_in = %s, want %s (expires_in wins)", got, want)
+	}
+	if got := expiryOf(&oauth2.Token{AccessToken: "a"}, issuedAt, sent); !got.IsZero() {
+		t.Errorf("expiry of a token without one = %s, want none", got)
+	}
+}
+
+// TestRedirectNotFollowed: a token endpoint that redirects gets its
+// redirect back as a failed answer, with the default client and with a
+// caller's client that would follow it. The target never sees the refresh
+// token or the client secret, and the connection backs off rather than
+// being marked bad_credentials.
+func TestRedirectNotFollowed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+	}{
+		{"default client", nil},
+		{"a client that follows redirects", &http.Client{Timeout: 5 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var seen []string
+			target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				r.ParseForm()
+				mu.Lock()
+				seen = append(seen, r.Form.Encode())
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, `{"access_token":"from-the-redirect-target","expires_in":3600}`)
+			}))
+			t.Cleanup(target.Close)
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL+"/token", http.StatusTemporaryRedirect)
+			}))
+			t.Cleanup(ep.Close)
+			e := newRefreshEnv(t, envConfig{tokenURL: ep.URL, defaultClient: tc.client == nil, opts: RefresherOptions{HTTPClient: tc.client}})
+			c, _ := e.expiredConn(t)
+			_, err := e.r.AccessToken(t.Context(), c)
+			var re *RetryError
+			if !errors.As(err, &re) || !strings.Contains(re.Reason, "HTTP 307") {
+				t.Fatalf("AccessToken = %v; want a *RetryError naming HTTP 307", err)
+			}
+			if st := e.conn(t, c.ID).Status; st == StatusBadCredentials {
+				t.Error("a redirect marked the connection bad_credentials")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(seen) != 0 {
+				t.Errorf("the redirect target got %d requests", len(seen))
+			}
+			if !strings.Contains(e.logs.String(), "redirect") {
+				t.Error("the log does not say the token endpoint redirected")
 			}
 		})
 	}
@@ -1036,6 +1259,25 @@ func TestBackgroundRefresh(t *testing.T) {
 	got, err := e.r.AccessToken(t.Context(), e.conn(t, recent.ID))
 	if err != nil || !e.srv.ValidAccess(got) {
 		t.Fatal(err)
+	}
+}
+
+// TestBackgroundShortLivedTokens: an 8-minute token (margin 4 minutes,
+// half its life) is refreshed in the background once it is half spent,
+// not on every sweep because a fresh token already looks due.
+func TestBackgroundShortLivedTokens(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{server: oauthtest.Options{AccessTTL: 8 * time.Minute}})
+	c := e.authCodeConn(t, provAuthCode, e.issue(t), e.clock.Now().Add(8*time.Minute))
+	var wg sync.WaitGroup
+	for range 60 { // 30 minutes of sweeps, 30 s apart
+		e.r.AccessToken(t.Context(), e.conn(t, c.ID)) // keeps it recently used
+		e.clock.Advance(DefaultBackgroundEvery)
+		e.r.sweep(t.Context(), &wg)
+		wg.Wait()
+	}
+	// Refreshed at 4, 8, … 28 minutes: each token at half its life.
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 7 {
+		t.Errorf("%d background refreshes of an 8-minute token in 30 minutes of sweeps, want 7", n)
 	}
 }
 
@@ -1206,15 +1448,12 @@ func TestSetupErrors(t *testing.T) {
 			if strings.Contains(err.Error(), "/etc/apps") {
 				t.Error("a server path reached the caller's error")
 			}
-			if r := e.result(t); r != resultError {
-				t.Fatalf("result %s", r)
-			}
 			if _, err := e.r.AccessToken(t.Context(), stored); !errors.As(err, &re) {
 				t.Fatalf("second AccessToken = %v", err)
 			}
-			if r := e.result(t); r != resultBackoff {
-				t.Errorf("second call: %s, want backoff", r)
-			}
+			// No request was made, so none is counted or timed.
+			e.idle()
+			e.noResult(t)
 			if n := e.srv.Requests(""); n != 0 {
 				t.Errorf("%d token requests, want 0", n)
 			}

@@ -68,6 +68,9 @@ func New(o Options) (*Path, error) {
 			secret, err := app.ClientSecret()
 			return app.ClientID, secret, true, err
 		},
+		// The request path sets its own deadline (TokenWait below); this
+		// bounds any other caller the same way.
+		Wait:      cfg.GRPC.TokenWait(),
 		Logger:    log,
 		OnRefresh: o.Metrics.Refresh,
 	})
@@ -84,7 +87,8 @@ func New(o Options) (*Path, error) {
 		refresher.Close()
 		return nil, err
 	}
-	ep := extproc.New(extproc.Options{Store: o.Store, Config: cfg, Logger: log, Metrics: o.Metrics, Tokens: refresher, Lockouts: locks})
+	ep := extproc.New(extproc.Options{Store: o.Store, Config: cfg, Logger: log, Metrics: o.Metrics, Tokens: refresher,
+		TokenWait: cfg.GRPC.TokenWait(), Lockouts: locks})
 	return &Path{ExtProc: ep, Refresher: refresher, Lockouts: locks}, nil
 }
 

@@ -181,13 +181,38 @@ func newEnv(t *testing.T, kind planeKind) *env {
 	return newEnvWith(t, kind, nil)
 }
 
+// envOptions adjust what newEnvWith starts.
+type envOptions struct {
+	// messageTimeout, when set, is both the envoytest data plane's
+	// ext_proc message timeout and ampproxy's grpc.messageTimeout.
+	messageTimeout time.Duration
+}
+
+type envOption func(*envOptions)
+
+// withMessageTimeout sets the ext_proc message timeout on both sides.
+func withMessageTimeout(d time.Duration) envOption {
+	return func(o *envOptions) { o.messageTimeout = d }
+}
+
 // newEnvWith adds, when auth is given, OAuth2 providers whose token and
 // authorization endpoints are that server: sampleRefresh (authorization
 // code), samplePKCE (authorization code with PKCE) and sampleCC (client
 // credentials), with the project's app for the first two. The sample
 // provider's API then also accepts the tokens auth issues.
-func newEnvWith(t *testing.T, kind planeKind, auth *oauthtest.Server) *env {
+func newEnvWith(t *testing.T, kind planeKind, auth *oauthtest.Server, opts ...envOption) *env {
 	t.Helper()
+	var o envOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.messageTimeout != 0 && kind != planeEnvoytest {
+		t.Fatal("withMessageTimeout needs the envoytest data plane")
+	}
+	grpcExtra := ""
+	if o.messageTimeout != 0 {
+		grpcExtra = "\n  messageTimeout: " + o.messageTimeout.String()
+	}
 	e := &env{t: t, dir: t.TempDir(), auth: auth}
 	popts := sampleprovider.Options{
 		Hosts:         []string{"api.sample.test", "*.sample.test", "localhost"},
@@ -234,7 +259,7 @@ func newEnvWith(t *testing.T, kind planeKind, auth *oauthtest.Server) *env {
 	e.write("amp.yaml", manifest+extraManifest)
 	e.kind = kind
 	e.config = e.write("ampproxy.yaml", `grpc:
-  listen: unix://`+e.sock+`
+  listen: unix://`+e.sock+grpcExtra+`
 admin:
   listen: `+adminAddr+`
 storage:
@@ -257,8 +282,9 @@ projects:
 	switch kind {
 	case planeEnvoytest:
 		pl, err := envoytest.Start(envoytest.Config{
-			ExtProcAddr: "unix://" + e.sock,
-			RootCAs:     p.CACertPool(),
+			ExtProcAddr:    "unix://" + e.sock,
+			MessageTimeout: o.messageTimeout,
+			RootCAs:        p.CACertPool(),
 			Resolve: func(hostport string) (string, error) {
 				return p.Addr(), nil
 			},

@@ -78,11 +78,11 @@ func New(version string) *Metrics {
 		}, []string{"provider", "code"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ampproxy_token_refreshes_total",
-			Help: "OAuth2 token requests by provider and result.",
+			Help: "Requests made to OAuth2 token endpoints, by provider and result: ok (a token was issued and stored), invalid_grant (the connection's credentials were rejected), error (anything else). A request refused while its connection backs off makes none; it counts in ampproxy_requests_total with outcome token-unavailable.",
 		}, []string{"provider", "result"}),
 		refreshSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ampproxy_token_refresh_duration_seconds",
-			Help:    "Time taken by OAuth2 token requests.",
+			Help:    "Time taken by requests to OAuth2 token endpoints.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"provider"}),
 		lockoutsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -185,7 +185,8 @@ func (m *Metrics) ProviderResponse(provider string, status int) {
 	c.Inc()
 }
 
-// Refresh records one OAuth2 token request.
+// Refresh records one request made to an OAuth2 token endpoint and how
+// long it took (tokens.RefresherOptions.OnRefresh).
 func (m *Metrics) Refresh(provider, result string, d time.Duration) {
 	if m == nil {
 		return

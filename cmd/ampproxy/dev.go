@@ -49,7 +49,12 @@ func devCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		cancel()
 		return err
 	}
-	plane, err := envoytest.Start(envoytest.Config{ExtProcAddr: cfg.GRPC.Listen}, *listen)
+	// The data plane waits for ext_proc as long as the config says Envoy
+	// does, so that dev answers like the deployment it stands in for.
+	plane, err := envoytest.Start(envoytest.Config{
+		ExtProcAddr:    cfg.GRPC.Listen,
+		MessageTimeout: time.Duration(cfg.GRPC.MessageTimeout),
+	}, *listen)
 	if err != nil {
 		cancel()
 		<-served

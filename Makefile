@@ -13,7 +13,10 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ampproxy
 
 # -race needs cgo; the race detector is what the concurrency tests are for.
+# go test hides a passing package's output, so the note on the real-Envoy
+# half of the end-to-end suite is printed here.
 test:
+	@command -v envoy >/dev/null 2>&1 || echo "note: no envoy on PATH: the end-to-end suite runs against envoy/envoytest only"
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(PKGS)
 
 lint:

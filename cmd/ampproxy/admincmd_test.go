@@ -24,19 +24,8 @@ import (
 func TestAdminCLI(t *testing.T) {
 	dir := t.TempDir()
 	cfg := goodConfig(t, dir, "127.0.0.1:0")
-	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
-	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
-	server := "http://" + waitForLog(t, logs, `"admin":"`, done)
+	admin, logs := startServe(t, cfg)
+	server := "http://" + admin
 	t.Setenv("AMPPROXY_SERVER", server)
 	t.Setenv("AMPPROXY_PROJECT", "demo")
 	t.Setenv("AMPPROXY_API_KEY", "test-key")
@@ -231,19 +220,8 @@ projects:
         scopes: [crm.objects.contacts.read, oauth]
         redirectURL: https://amp.example/v1/oauth/callback
 `)
-	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
-	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
-	server := "http://" + waitForLog(t, logs, `"admin":"`, done)
+	admin, logs := startServe(t, cfg)
+	server := "http://" + admin
 	t.Setenv("AMPPROXY_SERVER", server)
 	t.Setenv("AMPPROXY_PROJECT", "demo")
 	t.Setenv("AMPPROXY_API_KEY", "test-key")

@@ -493,19 +493,7 @@ func TestServeWarnsOfOpenKeyFile(t *testing.T) {
 			if err := os.Chmod(key, tc.mode); err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			logs := &syncBuffer{}
-			done := make(chan int, 1)
-			go func() { done <- Main(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
-			t.Cleanup(func() {
-				cancel()
-				select {
-				case <-done:
-				case <-time.After(30 * time.Second):
-					t.Error("serve did not stop")
-				}
-			})
-			waitForLog(t, logs, `"admin":"`, done)
+			_, logs := startServe(t, cfg)
 			out := logs.String()
 			warned := strings.Contains(out, "encryption key file is open to more than its owner")
 			if warned != tc.warn {

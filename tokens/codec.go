@@ -83,7 +83,7 @@ func (s *Store) load(tx *bolt.Tx) error {
 		if err != nil {
 			return err
 		}
-		ix.addConn(c)
+		ix.loadConn(c)
 		return nil
 	})
 	if err != nil {
@@ -97,12 +97,14 @@ func (s *Store) load(tx *bolt.Tx) error {
 		if other, ok := ix.instsByGroup[in.groupKey()]; ok {
 			return fmt.Errorf("installations %s and %s both install integration %q for group %q: the file is damaged", other.ID, in.ID, in.Integration, in.GroupRef)
 		}
-		ix.addInst(in)
+		ix.loadInst(in)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+
+	ix.sortLists()
 
 	if kc := meta.Get(metaKeyCheck); kc != nil {
 		if _, err := s.aead.Open(nil, nil, kc, keyCheckAD); err != nil {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"unsafe"
 )
 
 // TestOpenRestoresListingOrder checks that the lists Open builds are in
@@ -77,4 +78,41 @@ func BenchmarkOpen(b *testing.B) {
 		}
 		s.Close()
 	}
+}
+
+// TestOpenSharesRepeatedStrings checks that records loaded by Open share
+// one copy of the values that repeat across them.
+func TestOpenSharesRepeatedStrings(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	clk := newClock()
+	s := openStore(t, path, clk)
+	var ids [2]string
+	for i := range ids {
+		c := mustPut(t, s, apiKeyConn("p1", "salesforce", "g"+strconv.Itoa(i)))
+		ids[i] = mustInstall(t, s, "p1", "sync", "g"+strconv.Itoa(i), c.ID).ID
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, path, clk)
+	same := func(what, a, b string) {
+		t.Helper()
+		if a != b || unsafe.StringData(a) != unsafe.StringData(b) {
+			t.Errorf("%s: %q and %q are separate copies", what, a, b)
+		}
+	}
+	var insts [2]*Installation
+	var conns [2]*Connection
+	for i, id := range ids {
+		insts[i], _ = s.Installation(id)
+		conns[i], _ = s.Connection(insts[i].ConnectionID)
+		same("installation's connection ID", insts[i].ConnectionID, conns[i].ID)
+		same("installation's group ref", insts[i].GroupRef, conns[i].GroupRef)
+	}
+	same("project", conns[0].ProjectID, conns[1].ProjectID)
+	same("project", conns[0].ProjectID, insts[1].ProjectID)
+	same("provider", conns[0].Provider, conns[1].Provider)
+	same("auth scheme", string(conns[0].AuthScheme), string(conns[1].AuthScheme))
+	same("status", string(conns[0].Status), string(conns[1].Status))
+	same("integration", insts[0].Integration, insts[1].Integration)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/internal/datapath"
 	"github.com/ampproxy/ampproxy/internal/loadgen"
+	"github.com/ampproxy/ampproxy/internal/logbuf"
 	"github.com/ampproxy/ampproxy/internal/metrics"
 	"github.com/ampproxy/ampproxy/tokens"
 )
@@ -182,7 +183,10 @@ func wireAmpproxy(ctx context.Context, g *grpc.Server, cfgPath, logMode string) 
 		if err != nil {
 			return nil, 0, err
 		}
-		log = slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		// Buffered as serve buffers its log (internal/logbuf); the
+		// process ends with the suite, so the writer is never closed.
+		w := logbuf.New(f, logbuf.Options{})
+		log = slog.New(w.Handler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	default:
 		return nil, 0, fmt.Errorf("%w: --log %q: want off or json", errUsage, logMode)
 	}

@@ -52,6 +52,12 @@ type ready struct {
 	Open     time.Duration          `json:"openNs"`
 	Counters loadgen.ServerCounters `json:"counters"`
 	Records  tokens.Stats           `json:"records"`
+	// GOGC and MemoryLimit are the collector's settings the process runs
+	// with (/gc/gogc:percent, 0 meaning off, and /gc/gomemlimit:bytes,
+	// math.MaxInt64 meaning none): Go's defaults unless the environment
+	// set GOGC or GOMEMLIMIT.
+	GOGC        uint64 `json:"gogc"`
+	MemoryLimit uint64 `json:"memoryLimitBytes"`
 }
 
 // statsLine answers "stats" and "gc".
@@ -125,6 +131,9 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer g.Stop()
 	rd.Startup = time.Since(start)
 	rd.Counters, _ = loadgen.ProcessCounters()
+	gc := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
+	rtmetrics.Read(gc)
+	rd.GOGC, rd.MemoryLimit = gc[0].Value.Uint64(), gc[1].Value.Uint64()
 	enc := json.NewEncoder(stdout)
 	if err := enc.Encode(rd); err != nil {
 		return err

@@ -341,7 +341,10 @@ func (r *report) allocNote(a, floor float64) string {
 	}
 	n += fmt.Sprintf(". ampproxy's own share above that floor is %.1f", a-floor)
 	if floor > 40 {
-		n += fmt.Sprintf(". Reaching 40 in all would take the no-op floor itself below 40: for instance a server codec (grpc.ForceServerCodecV2) that decodes the header map into one block instead of an object per header, keeping protobuf's semantics (unknown fields, repeated keys); that has not been done")
+		n += ". Reaching 40 in all would take the no-op floor itself below 40, for instance with a server codec (grpc.ForceServerCodecV2) that decodes the header map into one block instead of an object per header while keeping protobuf's semantics; that has not been done"
+		if transport := floor - r.DecodeAllocs; r.DecodeAllocs > 0 && transport > 40 {
+			n += fmt.Sprintf(", and by these figures it would not be enough: the %.1f that are not decoding are already above 40", transport)
+		}
 	}
 	return n
 }

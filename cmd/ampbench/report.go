@@ -475,7 +475,7 @@ func (r *report) markdown() string {
 	w("and a GOMEMLIMIT makes the collector work harder as the heap nears the limit. Either changes both servers' figures, and `ampproxy serve` sets neither: that is for the operator. ")
 	w("The load generator runs with GOGC=%d, set by the suite for its own process only, because its collections take CPU from the cores the servers share with it and charge both servers alike.\n", r.GeneratorGOGC)
 	w("- ampproxy is wired as `ampproxy serve` wires it (config, encryption key, `tokens.Open`, `extproc.New`, `Register`), without the admin listener. ")
-	w("Its request log is off (`slog.DiscardHandler`) except in the row that says otherwise, which logs as `serve` does by default (JSON, info) to %s.\n", os.DevNull)
+	w("Its request log is off (`slog.DiscardHandler`) except in the row that says otherwise, which logs as `serve` does by default (JSON, info, through serve's buffered writer, which writes the lines out once a second or when 64 KiB have gathered) to %s.\n", os.DevNull)
 	w("- **Allocations, CPU and memory are the server process's own**: `runtime/metrics` `/gc/heap/allocs:objects` and `:bytes`, `getrusage` user+system CPU, ")
 	w("and `VmRSS`/`VmHWM`, read by the server process itself just before and after each measured run (after a %s warm-up of the same load), divided by the streams run. ", r.Warmup)
 	w("Nothing of the generator is in them; everything of the server is, gRPC's transport and message decoding included, which is why the no-op server's figure is the floor.\n")

@@ -79,7 +79,7 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.SetOutput(stderr)
 	kind := fs.String("kind", "noop", "noop or ampproxy")
 	cfgPath := fs.String("config", "", "ampproxy.yaml (kind ampproxy)")
-	logMode := fs.String("log", "off", "ampproxy's request log: off, or json (as serve logs by default, written to "+os.DevNull+")")
+	logMode := fs.String("log", "off", "ampproxy's request log: off, or json (as serve logs by default, buffered as serve buffers it, written to "+os.DevNull+")")
 	profile := fs.String("profile", "", "directory for pprof profiles of the server: cpu.prof over its life, allocs.prof and mutex.prof at exit")
 	var listens listFlag
 	fs.Var(&listens, "listen", "address to serve on; repeat for more")

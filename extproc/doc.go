@@ -36,11 +36,25 @@
 // first. A provider 429 waits for its lockout window to be committed
 // before the answer leaves (throttle.Table).
 //
-// A forwarded request allocates its answers as one block with the stream
-// (reply), and the x-amp-* values it parses are views of the received
-// message's bytes rather than copies. Both rely on grpc-go and
+// A forwarded request's answers are fields of one block with the
+// stream's state (reply), and the x-amp-* values it parses are views of
+// the received message's bytes rather than copies. Both rely on grpc-go and
 // protobuf-go as they are: Send encodes the message before it returns, and
 // decoding copies bytes out of gRPC's buffers, so nothing else writes to
 // either. A gRPC interceptor or stats handler that kept a received message
 // and changed it would break the second.
+//
+// The block is taken from a sync.Pool and, once Process is over, cleared
+// and put back for another stream. That is safe while nothing keeps a
+// reference past the stream: the log line is encoded and the metrics,
+// lockout commit (Lockouts.Observe429 returns once the window is
+// committed) and token look-up (Tokens.AccessToken, which gets the
+// stream's context, never the block) complete before Process returns, and
+// the gRPC server keeps no sent message: ampproxy installs no stats
+// handler (grpc.StatsHandler hands each sent message to HandleRPC) and
+// leaves grpc.EnableTracing off (its trace keeps every message), and
+// binary logging keeps the encoded bytes, not the message. Turning on
+// either of the first two, or wrapping the stream in an interceptor that
+// keeps what it sends, would let the next stream overwrite a message
+// still referenced.
 package extproc

@@ -18,9 +18,9 @@ const maxSet = 3
 // request (every message of the nesting, each header option, value and
 // value bytes); here they are fields, and the header values are appended
 // to buf. grpc-go encodes a message inside Send, so nothing of the block
-// is read once the stream's last Send has returned; the block is never
-// reused, so a stats handler that keeps a message would still see it
-// unchanged.
+// is read once the stream's last Send has returned, and Process gives the
+// block back to a pool for the next stream then (see the package's
+// Caveats).
 type reply struct {
 	req    extprocv3.ProcessingResponse
 	reqRH  extprocv3.ProcessingResponse_RequestHeaders

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -158,9 +159,32 @@ type stream struct {
 // headers. Messages for phases the filter config does not send (bodies,
 // trailers) get an empty answer of the matching kind.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
-	// One allocation for the stream's state and its common answers.
-	st := &stream{ctx: srv.Context()}
-	defer s.finish(st)
+	// The stream's state and its common answers are one block, taken from
+	// a pool and given back once the stream is over: the last Send has
+	// returned, and the log line, metrics and lockout commit are done.
+	st := streams.Get().(*stream)
+	st.ctx = srv.Context()
+	over := false
+	defer func() {
+		if !over {
+			// A panic: count and log the request, and leave the block
+			// to the collector rather than reuse it.
+			s.finish(st)
+		}
+	}()
+	err := s.process(srv, st)
+	s.finish(st)
+	over = true
+	*st = stream{} // drops what it refers to, the received messages' bytes included
+	streams.Put(st)
+	return err
+}
+
+// streams recycles the per-stream blocks of Process (see the package's
+// Caveats for why nothing refers to one after its stream is over).
+var streams = sync.Pool{New: func() any { return new(stream) }}
+
+func (s *Server) process(srv extprocv3.ExternalProcessor_ProcessServer, st *stream) error {
 	for {
 		req, err := srv.Recv()
 		if err != nil {

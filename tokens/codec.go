@@ -77,13 +77,28 @@ func (s *Store) load(tx *bolt.Tx) error {
 	}
 
 	ix := newIndex()
+	// Most fields that are not IDs take a handful of values across all
+	// records (the project, provider, auth scheme, status, integration),
+	// and an installation repeats its connection's ID and usually its
+	// group ref. Decoding gives every record copies of its own; sharing
+	// one copy of each keeps the resident set that much smaller.
+	seen := map[string]string{}
+	intern := func(v string) string {
+		if w, ok := seen[v]; ok {
+			return w
+		}
+		seen[v] = v
+		return v
+	}
 	// Connections first: with a wrong key, the error then names a record.
 	err = conns.ForEach(func(k, v []byte) error {
 		c, err := s.decodeConnection(k, v)
 		if err != nil {
 			return err
 		}
-		ix.addConn(c)
+		c.ProjectID, c.Provider = intern(c.ProjectID), intern(c.Provider)
+		c.AuthScheme, c.Status = AuthScheme(intern(string(c.AuthScheme))), Status(intern(string(c.Status)))
+		ix.loadConn(c)
 		return nil
 	})
 	if err != nil {
@@ -97,12 +112,21 @@ func (s *Store) load(tx *bolt.Tx) error {
 		if other, ok := ix.instsByGroup[in.groupKey()]; ok {
 			return fmt.Errorf("installations %s and %s both install integration %q for group %q: the file is damaged", other.ID, in.ID, in.Integration, in.GroupRef)
 		}
-		ix.addInst(in)
+		in.ProjectID, in.Integration = intern(in.ProjectID), intern(in.Integration)
+		if c, ok := ix.conns[in.ConnectionID]; ok {
+			in.ConnectionID = c.ID
+			if c.GroupRef == in.GroupRef {
+				in.GroupRef = c.GroupRef
+			}
+		}
+		ix.loadInst(in)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+
+	ix.sortLists()
 
 	if kc := meta.Get(metaKeyCheck); kc != nil {
 		if _, err := s.aead.Open(nil, nil, kc, keyCheckAD); err != nil {

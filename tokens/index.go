@@ -32,6 +32,39 @@ func (ix *index) addConn(c *Connection) {
 	ix.connsByProject[c.ProjectID] = insertSorted(ix.connsByProject[c.ProjectID], c)
 }
 
+// loadConn indexes c at the end of its lists, out of order; Open calls it
+// for every record and then sortLists once. bbolt yields records in key
+// order, and keys are random UUIDs, so inserting each in listing order
+// would move half a project's list on every record: quadratic in the
+// records of a project.
+func (ix *index) loadConn(c *Connection) {
+	ix.conns[c.ID] = c
+	k := c.groupKey()
+	ix.connsByGroup[k] = append(ix.connsByGroup[k], c)
+	ix.connsByProject[c.ProjectID] = append(ix.connsByProject[c.ProjectID], c)
+}
+
+// loadInst is loadConn for installations.
+func (ix *index) loadInst(in *Installation) {
+	ix.insts[in.ID] = in
+	ix.instsByGroup[in.groupKey()] = in
+	ix.instsByProject[in.ProjectID] = append(ix.instsByProject[in.ProjectID], in)
+	ix.uses[in.ConnectionID]++
+}
+
+// sortLists puts every list in listing order after loadConn and loadInst.
+func (ix *index) sortLists() {
+	for _, l := range ix.connsByGroup {
+		slices.SortFunc(l, compareOrder)
+	}
+	for _, l := range ix.connsByProject {
+		slices.SortFunc(l, compareOrder)
+	}
+	for _, l := range ix.instsByProject {
+		slices.SortFunc(l, compareOrder)
+	}
+}
+
 // removeConn drops c, the indexed value, from every index.
 func (ix *index) removeConn(c *Connection) {
 	delete(ix.conns, c.ID)
@@ -78,6 +111,13 @@ type ordered interface {
 
 func (c *Connection) order() (time.Time, string)    { return c.CreateTime, c.ID }
 func (in *Installation) order() (time.Time, string) { return in.CreateTime, in.ID }
+
+// compareOrder orders two records as the sorted lists do.
+func compareOrder[T ordered](a, b T) int {
+	ta, ia := a.order()
+	tb, ib := b.order()
+	return position{ta, ia}.compare(tb, ib)
+}
 
 // position is a place in listing order.
 type position struct {

@@ -145,9 +145,16 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&o.Method, "method", "GET", ":method")
 	fs.BoolVar(&o.ThrottleMode, "throttle", false, "send x-amp-rate-limiter-mode: throttle")
 	fs.BoolVar(&o.ExpectImmediate, "expect-immediate", false, "an immediate response to the request headers is a success")
+	metricsURL := fs.String("metrics", "", "the server's Prometheus endpoint (ampproxy: http://ADMIN/metrics), read before and after the run to report its allocations and CPU per request")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *metricsURL != "" {
+		if !strings.HasPrefix(*metricsURL, "http://") && !strings.HasPrefix(*metricsURL, "https://") {
+			return fmt.Errorf("%w: --metrics %q: want an http:// or https:// URL", errUsage, *metricsURL)
+		}
+		o.ServerStats = loadgen.MetricsStats(*metricsURL)
 	}
 	if *ids != "" {
 		for _, id := range strings.Split(*ids, ",") {

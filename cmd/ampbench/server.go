@@ -25,6 +25,7 @@ import (
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/internal/datapath"
 	"github.com/ampproxy/ampproxy/internal/loadgen"
+	"github.com/ampproxy/ampproxy/internal/logbuf"
 	"github.com/ampproxy/ampproxy/internal/metrics"
 	"github.com/ampproxy/ampproxy/tokens"
 )
@@ -51,6 +52,12 @@ type ready struct {
 	Open     time.Duration          `json:"openNs"`
 	Counters loadgen.ServerCounters `json:"counters"`
 	Records  tokens.Stats           `json:"records"`
+	// GOGC and MemoryLimit are the collector's settings the process runs
+	// with (/gc/gogc:percent, 0 meaning off, and /gc/gomemlimit:bytes,
+	// math.MaxInt64 meaning none): Go's defaults unless the environment
+	// set GOGC or GOMEMLIMIT.
+	GOGC        uint64 `json:"gogc"`
+	MemoryLimit uint64 `json:"memoryLimitBytes"`
 }
 
 // statsLine answers "stats" and "gc".
@@ -72,7 +79,7 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.SetOutput(stderr)
 	kind := fs.String("kind", "noop", "noop or ampproxy")
 	cfgPath := fs.String("config", "", "ampproxy.yaml (kind ampproxy)")
-	logMode := fs.String("log", "off", "ampproxy's request log: off, or json (as serve logs by default, written to "+os.DevNull+")")
+	logMode := fs.String("log", "off", "ampproxy's request log: off, or json (as serve logs by default, buffered as serve buffers it, written to "+os.DevNull+")")
 	profile := fs.String("profile", "", "directory for pprof profiles of the server: cpu.prof over its life, allocs.prof and mutex.prof at exit")
 	var listens listFlag
 	fs.Var(&listens, "listen", "address to serve on; repeat for more")
@@ -124,6 +131,9 @@ func serverCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer g.Stop()
 	rd.Startup = time.Since(start)
 	rd.Counters, _ = loadgen.ProcessCounters()
+	gc := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
+	rtmetrics.Read(gc)
+	rd.GOGC, rd.MemoryLimit = gc[0].Value.Uint64(), gc[1].Value.Uint64()
 	enc := json.NewEncoder(stdout)
 	if err := enc.Encode(rd); err != nil {
 		return err
@@ -182,7 +192,10 @@ func wireAmpproxy(ctx context.Context, g *grpc.Server, cfgPath, logMode string) 
 		if err != nil {
 			return nil, 0, err
 		}
-		log = slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		// Buffered as serve buffers its log (internal/logbuf); the
+		// process ends with the suite, so the writer is never closed.
+		w := logbuf.New(f, logbuf.Options{})
+		log = slog.New(w.Handler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	default:
 		return nil, 0, fmt.Errorf("%w: --log %q: want off or json", errUsage, logMode)
 	}

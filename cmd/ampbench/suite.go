@@ -2,14 +2,17 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +31,8 @@ type suiteFlags struct {
 	warmup    time.Duration
 	rounds    int
 	levels    []int
+	samples   int
+	maxLevel  int
 	scale     int
 	skipMicro bool
 	skipScale bool
@@ -45,7 +50,9 @@ func suiteCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&f.peakRound, "peak-round", 2*time.Second, "length of each run while looking for the no-op server's peak concurrency")
 	fs.DurationVar(&f.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each run")
 	fs.IntVar(&f.rounds, "rounds", 3, "rounds of each alternating comparison")
-	levels := fs.String("levels", "1,2,4,8,16,32,64", "concurrency levels tried for the no-op server's peak")
+	levels := fs.String("levels", "1,2,4,8,16,32,64", "concurrency levels tried first for the no-op server's peak; the search goes on doubling past the last until throughput falls at two levels in a row")
+	fs.IntVar(&f.samples, "peak-samples", 2, "runs per level in the peak search; a level counts with its median")
+	fs.IntVar(&f.maxLevel, "max-level", 1024, "highest concurrency the peak search doubles up to")
 	fs.IntVar(&f.scale, "scale", 100_000, "installations (and connections) in the scale store")
 	fs.BoolVar(&f.skipMicro, "skip-micro", false, "skip the Go micro-benchmarks")
 	fs.BoolVar(&f.skipScale, "skip-scale", false, "skip the scale figures")
@@ -64,6 +71,12 @@ func suiteCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.rounds < 1 {
 		errs = append(errs, errors.New("--rounds must be at least 1"))
 	}
+	if f.samples < 1 {
+		errs = append(errs, errors.New("--peak-samples must be at least 1"))
+	}
+	if f.maxLevel < 1 {
+		errs = append(errs, errors.New("--max-level must be at least 1"))
+	}
 	if f.round <= 0 || f.peakRound <= 0 || f.warmup < 0 {
 		errs = append(errs, errors.New("--round and --peak-round must be positive, --warmup not negative"))
 	}
@@ -74,9 +87,15 @@ func suiteCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 
+	// The generator's own collections take CPU from the same cores as the
+	// server under test, and charge both servers alike; fewer of them
+	// leave more of the machine to the servers. The servers themselves
+	// run with the runtime's settings (see ready.GOGC).
+	debug.SetGCPercent(generatorGOGC)
 	s := &suite{f: f, log: stderr, start: time.Now()}
 	s.rep.Command = commandLine(args)
 	s.rep.Warmup = f.warmup
+	s.rep.GeneratorGOGC = generatorGOGC
 	if err := s.run(ctx); err != nil {
 		return err
 	}
@@ -87,6 +106,9 @@ func suiteCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "%s\nwrote %s\n", s.rep.targetsText(), f.out)
 	return nil
 }
+
+// generatorGOGC is the suite process's GOGC.
+const generatorGOGC = 400
 
 // commandLine is how the suite was started, for the report.
 func commandLine(args []string) string {
@@ -149,6 +171,13 @@ func (s *suite) run(ctx context.Context) (err error) {
 		return c, err
 	}
 
+	// Measured before any server runs, while the suite process does
+	// nothing else.
+	if n, err := loadgen.DecodeAllocs(loadgen.Options{Target: "decode", Requests: 1, ProjectID: benchProject, APIKey: benchAPIKey,
+		Installations: []loadgen.Installation{{Integration: keyIntegr, GroupRef: "g000001"}}}); err == nil {
+		s.rep.DecodeAllocs = n
+	}
+
 	s.progress("writing the 10-installation store")
 	smallDir := filepath.Join(dir, "small")
 	if err := os.Mkdir(smallDir, 0o700); err != nil {
@@ -180,6 +209,7 @@ func (s *suite) run(ctx context.Context) (err error) {
 		return err
 	}
 	s.rep.Small, s.rep.SmallFileBytes, s.rep.SmallPopulate = s.amp.ready, s.small.fileBytes, s.small.populate
+	s.rep.NoopReady = s.noop.ready
 	for _, c := range []*child{s.amp, s.ampLog} {
 		if err := s.sanity(ctx, c); err != nil {
 			return err
@@ -255,20 +285,58 @@ func (s *suite) measure(ctx context.Context, label string, c *child, network str
 	return r, nil
 }
 
+// findPeak runs the no-op server at rising concurrency: the levels of
+// --levels, then doubling past the last, until throughput has fallen
+// below the best so far at two levels in a row (or --max-level). Each
+// level runs --peak-samples times and counts with its median, so that one
+// unlucky sample neither ends the search nor picks the peak.
 func (s *suite) findPeak(ctx context.Context) error {
-	best := -1.0
-	for _, w := range s.f.levels {
-		r, err := s.measure(ctx, fmt.Sprintf("peak search: no-op tcp ×%d", w), s.noop, "tcp", s.small.keyInsts, w, 0, s.f.peakRound)
-		if err != nil {
-			return err
+	best, falls := -1.0, 0
+	for w := range peakLevels(s.f.levels, s.f.maxLevel) {
+		l := levelRun{Workers: w}
+		for i := 1; i <= s.f.samples; i++ {
+			r, err := s.measure(ctx, fmt.Sprintf("peak search: no-op tcp ×%d (%d/%d)", w, i, s.f.samples), s.noop, "tcp", s.small.keyInsts, w, 0, s.f.peakRound)
+			if err != nil {
+				return err
+			}
+			l.Samples = append(l.Samples, r)
 		}
-		s.rep.Peak = append(s.rep.Peak, levelRun{Workers: w, Result: r})
-		if r.RPS > best {
-			best, s.rep.PeakWorkers = r.RPS, w
+		l.Result = medianRun(l.Samples)
+		s.rep.Peak = append(s.rep.Peak, l)
+		if l.Result.RPS > best {
+			best, s.rep.PeakWorkers, falls = l.Result.RPS, w, 0
+		} else if falls++; falls == 2 {
+			break
 		}
 	}
 	s.progress("no-op server peaks at %d concurrent streams", s.rep.PeakWorkers)
 	return nil
+}
+
+// peakLevels yields levels in order, then doubles the last up to max.
+func peakLevels(levels []int, max int) iter.Seq[int] {
+	return func(yield func(int) bool) {
+		last := 0
+		for _, l := range levels {
+			if !yield(l) {
+				return
+			}
+			last = l
+		}
+		for l := last * 2; l <= max && last > 0; l *= 2 {
+			if !yield(l) {
+				return
+			}
+		}
+	}
+}
+
+// medianRun is the run with the median throughput (the lower middle one
+// of an even number).
+func medianRun(rs []*loadgen.Result) *loadgen.Result {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b *loadgen.Result) int { return cmp.Compare(a.RPS, b.RPS) })
+	return s[(len(s)-1)/2]
 }
 
 // throughput alternates the no-op server and ampproxy at the peak

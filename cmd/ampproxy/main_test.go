@@ -336,6 +336,10 @@ func TestServe(t *testing.T) {
 				t.Fatalf("serve exit %d; logs:\n%s", code, logs)
 			}
 			done <- 0 // for the cleanup
+			// The log is buffered; shutdown writes out its last lines.
+			if !strings.Contains(logs.String(), `"msg":"ampproxy stopped"`) {
+				t.Errorf("the last log line is missing after shutdown:\n%s", logs)
+			}
 			if path, ok := strings.CutPrefix(dial, "unix://"); ok {
 				if _, err := os.Stat(path); !os.IsNotExist(err) {
 					t.Errorf("socket %s left behind: %v", path, err)

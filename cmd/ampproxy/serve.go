@@ -24,6 +24,7 @@ import (
 	"github.com/ampproxy/ampproxy/config"
 	"github.com/ampproxy/ampproxy/extproc"
 	"github.com/ampproxy/ampproxy/internal/datapath"
+	"github.com/ampproxy/ampproxy/internal/logbuf"
 	"github.com/ampproxy/ampproxy/internal/metrics"
 	"github.com/ampproxy/ampproxy/tokens"
 )
@@ -45,7 +46,12 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
+	// One line per request would be one write per request, under the
+	// handler's lock; buffered, a line waits at most a second, an error
+	// none, and shutdown writes out the rest when serve returns.
+	logw := logbuf.New(stderr, logbuf.Options{})
+	defer logw.Close()
+	log := slog.New(logw.Handler(newLogger(cfg.Log, logw).Handler()))
 	key, err := tokens.LoadKey(cfg.Storage.EncryptionKeyFile, cfg.Storage.CreateKey)
 	if err != nil {
 		return err
@@ -135,6 +141,9 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	}()
 	ready.Store(true)
 	log.Info("ampproxy serving", "grpc", listenAddr(glis), "admin", alis.Addr().String(), "version", buildVersion(), "pprof", cfg.Admin.Pprof)
+	// Whoever watches for this line (an operator, a test harness) need not
+	// wait for the interval.
+	logw.Flush()
 
 	select {
 	case <-ctx.Done():

@@ -101,6 +101,10 @@ func ServerOptions(log *slog.Logger) []grpc.ServerOption {
 	if log == nil {
 		log = slog.Default()
 	}
+	// grpc.NumStreamWorkers is deliberately absent: serving streams from
+	// 256 reused goroutines instead of one new goroutine each saved no
+	// allocation and cost the no-op server and ampproxy alike about 8%
+	// more CPU per request under load in interleaved runs.
 	return []grpc.ServerOption{grpc.ChainStreamInterceptor(recoverStream(log))}
 }
 

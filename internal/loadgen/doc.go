@@ -10,9 +10,12 @@
 // so that a stall is not hidden by the requests it held back). It reports
 // requests per second, latency percentiles from a Histogram of fixed size
 // and bounded relative error, failed streams by kind, and, through a
-// ServerStats hook, the server's allocations, CPU time and resident memory
-// per request. NoopServer is the floor to compare against: it answers
-// every message with an empty response of the matching kind.
+// ServerStats hook, the server's allocations, CPU time, collections and
+// resident memory per request: ProcessCounters for a server that reports
+// its own counters, MetricsStats for one that serves Prometheus metrics.
+// NoopServer is the floor to compare against: it answers every message
+// with an empty response of the matching kind, and DecodeAllocs measures
+// how much of that floor is protobuf decoding alone.
 //
 // The package does not start ampproxy, choose concurrency levels or write
 // reports: cmd/ampbench does, and documents how its figures are taken.

@@ -370,3 +370,20 @@ func TestResultJSONRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeAllocs checks that decoding is counted: a request message of
+// a dozen headers cannot decode in fewer objects than it has headers.
+func TestDecodeAllocs(t *testing.T) {
+	o := Options{Target: "x", Requests: 1, ProjectID: "p", APIKey: "k", Installations: []Installation{{Integration: "i", GroupRef: "g"}}}
+	n, err := DecodeAllocs(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 12 || n > 200 {
+		t.Errorf("DecodeAllocs = %.1f, want at least one object per header of the two messages and not absurdly many", n)
+	}
+	t.Logf("%.1f objects to decode one stream's two messages", n)
+	if _, err := DecodeAllocs(Options{}); err == nil {
+		t.Error("DecodeAllocs accepted options without a target")
+	}
+}

@@ -25,8 +25,12 @@ func (r *Result) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "latency    p50 %s  p90 %s  p99 %s  p99.9 %s  (min %s, mean %s, max %s)\n",
 		Dur(l.P50), Dur(l.P90), Dur(l.P99), Dur(l.P999), Dur(l.Min), Dur(l.Mean), Dur(l.Max))
 	if s := r.Server; s != nil {
-		fmt.Fprintf(&b, "server     %.1f allocs/req, %s/req, %s CPU/req, RSS %s (peak %s)\n",
-			s.AllocsPerRequest, Bytes(s.AllocBytesPerRequest), Dur(s.CPUPerRequest), Bytes(float64(s.RSS)), Bytes(float64(s.HWM)))
+		fmt.Fprintf(&b, "server     %.1f allocs/req, %s/req, %s CPU/req, %.1f GCs/s",
+			s.AllocsPerRequest, Bytes(s.AllocBytesPerRequest), Dur(s.CPUPerRequest), r.GCPerSecond())
+		if s.RSS > 0 {
+			fmt.Fprintf(&b, ", RSS %s (peak %s)", Bytes(float64(s.RSS)), Bytes(float64(s.HWM)))
+		}
+		b.WriteString("\n")
 	}
 	if r.ServerStatsError != "" {
 		fmt.Fprintf(&b, "server     stats unavailable: %s\n", r.ServerStatsError)
@@ -41,6 +45,15 @@ func (r *Result) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// GCPerSecond is the server's garbage collections per second of the
+// measured phase; zero without server figures.
+func (r *Result) GCPerSecond() float64 {
+	if r.Server == nil || r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Server.GCCycles) / r.Elapsed.Seconds()
 }
 
 // Dur formats a duration with three significant digits: 812µs, 1.25ms.

@@ -29,6 +29,9 @@ type ServerCounters struct {
 	// RSSFile is the file-backed part of RSS (RssFile): mapped files such
 	// as the bbolt store, which the kernel can drop at any time.
 	RSSFile uint64 `json:"rssFileBytes"`
+	// GCCycles is the number of garbage collections completed since the
+	// process started (/gc/cycles/total:gc-cycles); zero where unknown.
+	GCCycles uint64 `json:"gcCycles,omitempty"`
 }
 
 // ServerStats reads a server's counters. The generator calls it just
@@ -48,6 +51,9 @@ type ServerCost struct {
 	RSS     uint64 `json:"rssBytes"`
 	HWM     uint64 `json:"hwmBytes"`
 	RSSFile uint64 `json:"rssFileBytes"`
+	// GCCycles is the number of collections the server completed during
+	// the phase.
+	GCCycles uint64 `json:"gcCycles,omitempty"`
 }
 
 func perRequest(before, after ServerCounters, streams uint64) *ServerCost {
@@ -59,6 +65,7 @@ func perRequest(before, after ServerCounters, streams uint64) *ServerCost {
 		RSS:                  after.RSS,
 		HWM:                  after.HWM,
 		RSSFile:              after.RSSFile,
+		GCCycles:             after.GCCycles - before.GCCycles,
 	}
 }
 
@@ -69,9 +76,10 @@ func ProcessCounters() (ServerCounters, error) {
 	s := []metrics.Sample{
 		{Name: "/gc/heap/allocs:objects"},
 		{Name: "/gc/heap/allocs:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"},
 	}
 	metrics.Read(s)
-	c := ServerCounters{Allocs: s[0].Value.Uint64(), AllocBytes: s[1].Value.Uint64(), CPU: processCPU()}
+	c := ServerCounters{Allocs: s[0].Value.Uint64(), AllocBytes: s[1].Value.Uint64(), GCCycles: s[2].Value.Uint64(), CPU: processCPU()}
 	c.RSS, c.HWM, c.RSSFile = residentMemory()
 	return c, nil
 }

@@ -305,6 +305,13 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
+	// ampproxy buffers its log and writes it out every second and when it
+	// stops; stopping it first also shows the graceful shutdown.
+	d.section("Stopping ampproxy (SIGTERM): it drains its streams and exits 0")
+	if err := d.check("ampproxy stopped cleanly", d.stopAmpproxy()); err != nil {
+		return err
+	}
+
 	d.section("ampproxy's log: one line per proxied request and per token refresh, no secrets")
 	log, _ := os.ReadFile(filepath.Join(d.dir, "ampproxy.log"))
 	var refreshed, shortCircuited bool
@@ -637,6 +644,25 @@ func (d *demo) startAmpproxy(ctx context.Context) error {
 		}
 	}
 	return errors.New("ampproxy did not become ready within 20s")
+}
+
+// stopAmpproxy sends ampproxy SIGTERM and waits for it to exit, which it
+// must do with status 0 once its streams have drained.
+func (d *demo) stopAmpproxy() error {
+	cmd := d.amp
+	d.amp = nil
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.ampDone:
+		if err != nil {
+			return fmt.Errorf("ampproxy exited: %v", err)
+		}
+		return nil
+	case <-time.After(25 * time.Second):
+		cmd.Process.Kill()
+		<-d.ampDone
+		return errors.New("ampproxy did not exit within 25s of SIGTERM")
+	}
 }
 
 // cleanup stops everything the demo started and removes its directory.

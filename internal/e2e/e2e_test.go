@@ -437,10 +437,17 @@ func status(err error) int {
 	return 0
 }
 
-// checkLogs fails the test when ampproxy logged a secret.
+// checkLogs fails the test when ampproxy logged a secret. ampproxy
+// writes its log out every second, so this sees what it has written so
+// far; the whole log is checked again once it stops (startAmpproxy).
 func (e *env) checkLogs() {
 	e.t.Helper()
-	logs := e.amp.logs.String()
+	e.checkLogText(e.amp.logs.String())
+}
+
+// checkLogText fails the test when logs hold a secret.
+func (e *env) checkLogText(logs string) {
+	e.t.Helper()
 	for _, s := range append(secrets, e.tokens...) {
 		if s != "" && strings.Contains(logs, s) {
 			e.t.Errorf("ampproxy logged a secret")

@@ -388,7 +388,12 @@ func (e *env) startAmpproxy() {
 		pw.Close()
 		close(a.done)
 	}()
-	e.t.Cleanup(func() { a.stop(syscall.SIGTERM) })
+	e.t.Cleanup(func() {
+		// ampproxy writes its log out every second and at exit: the
+		// whole of it is here only once it has stopped.
+		a.stop(syscall.SIGTERM)
+		e.checkLogText(logs.String())
+	})
 	select {
 	case a.admin = <-ready:
 	case <-a.done:

@@ -182,7 +182,7 @@ func TestOAuthRefresh(t *testing.T) {
 		// the token: one it never received in time, or one it forwarded
 		// with the token, whose answer the race-instrumented data plane
 		// of this process carried late on a busy machine.
-		outcomes := e.requestOutcomes()
+		outcomes := e.requestOutcomes(late)
 		for _, id := range late {
 			if o, seen := outcomes[id]; seen && o != "forwarded" {
 				t.Errorf("request %s: 504, though ampproxy answered it %s", id, o)
@@ -260,17 +260,30 @@ func (e *env) burst(n int, c call) (statuses map[int]int, late []string) {
 }
 
 // requestOutcomes reads ampproxy's log: each request's outcome by its
-// request ID.
-func (e *env) requestOutcomes() map[string]string {
+// request ID. ampproxy writes its log out every second, so it waits a
+// little for the lines of the requests in want.
+func (e *env) requestOutcomes(want []string) map[string]string {
 	e.t.Helper()
-	out := map[string]string{}
-	for _, line := range strings.Split(e.amp.logs.String(), "\n") {
-		var r struct{ Msg, RequestID, Outcome string }
-		if json.Unmarshal([]byte(line), &r) == nil && r.Msg == "request" {
-			out[r.RequestID] = r.Outcome
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		out := map[string]string{}
+		for _, line := range strings.Split(e.amp.logs.String(), "\n") {
+			var r struct{ Msg, RequestID, Outcome string }
+			if json.Unmarshal([]byte(line), &r) == nil && r.Msg == "request" {
+				out[r.RequestID] = r.Outcome
+			}
 		}
+		missing := 0
+		for _, id := range want {
+			if _, ok := out[id]; !ok {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return out
 }
 
 // TestOAuthRefreshAcrossRestart: the rotated refresh token is persisted,

@@ -90,8 +90,18 @@ func (s *Store) load(tx *bolt.Tx) error {
 		seen[v] = v
 		return v
 	}
+	// The pages of the file that loading has read are given back as it
+	// goes, not only at the end (Open), so that the file and the heap
+	// being built from it are not both resident at their largest.
+	loaded, size := 0, tx.Size()
+	step := func() {
+		if loaded++; loaded%dropEvery == 0 {
+			dropResident(s.db, size)
+		}
+	}
 	// Connections first: with a wrong key, the error then names a record.
 	err = conns.ForEach(func(k, v []byte) error {
+		step()
 		c, err := s.decodeConnection(k, v)
 		if err != nil {
 			return err
@@ -105,6 +115,7 @@ func (s *Store) load(tx *bolt.Tx) error {
 		return err
 	}
 	err = insts.ForEach(func(k, v []byte) error {
+		step()
 		in, err := decodeInstallation(k, v)
 		if err != nil {
 			return err
@@ -207,3 +218,7 @@ func decodeInstallation(k, v []byte) (*Installation, error) {
 	}
 	return &in, nil
 }
+
+// dropEvery is how many records load reads between two dropResident
+// calls.
+var dropEvery = 16384

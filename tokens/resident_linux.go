@@ -16,7 +16,9 @@ import (
 //
 // It must run while nothing else uses the database: a write that grows
 // the file remaps it, and advice given for an old mapping's addresses
-// could then land on memory that is not the file's.
+// could then land on memory that is not the file's. Open's own load
+// transaction calls it too, between records: a write transaction changes
+// copies of pages on the heap and remaps only when it commits.
 func dropResident(db *bolt.DB, size int64) {
 	info := db.Info()
 	if info == nil || info.Data == 0 || size <= 0 {

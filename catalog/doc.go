@@ -157,10 +157,11 @@
 // token response), gong ({{.api_base_url_for_customer}} from the token
 // response).
 //
-// Access token sent in a header other than Authorization: bigcommerce
-// (X-Auth-Token; its token request also needs a context parameter) and
-// tiktokAds (Access-Token; its authorization URL renames client_id to
-// app_id).
+// Token or authorization request the catalog cannot describe (oauth2.header
+// could now name their access-token headers, X-Auth-Token and
+// Access-Token): bigcommerce, whose token request also needs a context
+// parameter, and tiktokAds, whose authorization URL renames client_id to
+// app_id.
 //
 // A second secret on every request, beside the credential: blackbaud
 // (Bb-Api-Subscription-Key), datadog (DD-APPLICATION-KEY), etsy (x-api-key

@@ -25,7 +25,8 @@
 // whole or nothing: a file with problems is rejected with a log line that
 // names it, and the running config stays. Projects, API keys, manifests,
 // provider apps, the catalog override and shutdown.drainTimeout take
-// effect at once. grpc.listen, admin.listen, admin.pprof, storage,
+// effect at once; client secret files are read at each token request.
+// grpc (listen and messageTimeout), admin.listen, admin.pprof, storage,
 // throttle and log (level and format) are read only at start: a reload
 // that changes them logs which ones, keeps their running values, and
 // applies the rest.

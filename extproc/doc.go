@@ -9,9 +9,10 @@
 // and that the installation's connection is for the integration's
 // provider (a manifest edit can move an integration to another provider;
 // the old connection's credential must not follow it there), resolving the
-// upstream through the catalog, removing every control header and the
-// caller's own Authorization, and setting the credential. Errors leave as an ImmediateResponse
-// carrying application/problem+json. It does not own storage (a Store
+// upstream through the catalog, removing every control header and (unless
+// the provider's authType is none) the caller's own Authorization, and
+// setting the credential. Errors leave as an ImmediateResponse carrying
+// application/problem+json. It does not own storage (a Store
 // answers look-ups from memory), the catalog, or configuration loading.
 //
 // # Envoy's rules

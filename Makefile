@@ -40,9 +40,14 @@ bench:
 demo: build
 	$(GO) run ./examples/demo -ampproxy $(BIN)
 
+# Each fuzz target in turn (go test fuzzes one target per run); FUZZTIME
+# each. make test replays their corpora in testdata/fuzz as plain tests.
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzResolve -fuzztime 30s ./catalog/
-	$(GO) test -run '^$$' -fuzz FuzzParseHeaders -fuzztime 30s ./extproc/
+	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./catalog/
+	$(GO) test -run '^$$' -fuzz '^FuzzResolveEmbedded$$' -fuzztime $(FUZZTIME) ./catalog/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHeaders$$' -fuzztime $(FUZZTIME) ./extproc/
+	$(GO) test -run '^$$' -fuzz '^FuzzWindowEnd$$' -fuzztime $(FUZZTIME) ./throttle/
 
 # Refreshes generated files, such as k8s/sidecar/envoy.yaml from
 # envoy/envoy.yaml; `go test ./k8s/` fails while they are stale.

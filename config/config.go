@@ -145,6 +145,13 @@ const (
 	DefaultMessageTimeout = 200 * time.Millisecond
 )
 
+// AdminShutdownTimeout bounds how long serve waits, after the ext_proc
+// drain, for the admin listener's requests to finish. With the token
+// requests in flight that serve also waits for (each bounded by
+// tokens.DefaultTokenTimeout), it is what a pod's grace period needs on
+// top of shutdown.drainTimeout.
+const AdminShutdownTimeout = 5 * time.Second
+
 // minMessageTimeout keeps half of grpc.messageTimeout long enough for a
 // token refresh on a nearby endpoint to finish within it.
 const minMessageTimeout = 20 * time.Millisecond

@@ -595,16 +595,22 @@ func selector(t *testing.T, s *metav1.LabelSelector) string {
 	return "{" + strings.Join(kv, ",") + "}"
 }
 
-// checkGracePeriod: the pod's grace period outlasts ampproxy's drain, the
-// shutdown.drainTimeout of the config the pod mounts, with room for the
-// containers that stop before it.
+// checkGracePeriod: the pod's grace period outlasts ampproxy's whole
+// shutdown, so that the kubelet's SIGKILL cannot land in the middle of a
+// token refresh (a provider that rotated the refresh token would then
+// have a token ampproxy never stored): the drain (shutdown.drainTimeout
+// of the config the pod mounts), then the admin listener's requests and
+// the token requests in flight, each bounded; margin is for the
+// containers that stop before ampproxy.
 func checkGracePeriod(t *testing.T, pod *corev1.PodSpec, cfg *config.Config, margin time.Duration) {
 	t.Helper()
 	grace := time.Duration(corev1.DefaultTerminationGracePeriodSeconds) * time.Second
 	if pod.TerminationGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
 	}
-	if drain := time.Duration(cfg.Shutdown.DrainTimeout); grace < drain+margin {
-		t.Errorf("terminationGracePeriodSeconds %v: ampproxy drains for up to %v (shutdown.drainTimeout), and %v more are needed for the rest", grace, drain, margin)
+	drain := time.Duration(cfg.Shutdown.DrainTimeout)
+	after := config.AdminShutdownTimeout + tokens.DefaultTokenTimeout
+	if grace < drain+after+margin {
+		t.Errorf("terminationGracePeriodSeconds %v: ampproxy drains for up to %v (shutdown.drainTimeout), then needs up to %v for its admin listener and token requests in flight, and %v more are needed for the rest", grace, drain, after, margin)
 	}
 }

@@ -166,7 +166,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 		log.Warn("drain timeout: closing open streams")
 		g.Stop()
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), config.AdminShutdownTimeout)
 	defer scancel()
 	hs.Shutdown(sctx)
 	<-reloaded

@@ -17,8 +17,10 @@ const usage = `ampproxy — authenticated passthrough proxy for SaaS APIs, as En
 
 Usage:
   ampproxy serve   --config FILE   run the ext_proc server and the admin API
-  ampproxy check   --config FILE   load config, manifests and catalog; print every problem
-  ampproxy dev     --config FILE   serve plus a local data plane (no Envoy needed) on 127.0.0.1:10000
+  ampproxy check   --config FILE   load config, manifests, catalog and key; print every problem
+  ampproxy dev     --config FILE [--listen ADDR]
+                                   serve plus a local data plane (no Envoy needed),
+                                   taking requests on ADDR (default 127.0.0.1:10000)
   ampproxy admin   RESOURCE VERB   manage connections and installations (see ampproxy admin help)
   ampproxy keys new                print a fresh API key and its SHA-256 for the config
   ampproxy version                 print the version

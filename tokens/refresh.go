@@ -199,8 +199,9 @@ type connRefresh struct {
 	// MarkStale ignores it, so a late 401 for a replaced token, or one
 	// for a token that the refresh handed back unchanged, forces nothing.
 	forced string
-	// forcedAt is when the last forced refresh started; until forceGap
-	// has passed since, MarkStale forces none (see forceGapMin).
+	// forcedAt is when the last forced refresh first started (its retries
+	// after a failure do not move it); until forceGap has passed since,
+	// MarkStale forces none (see forceGapMin).
 	forcedAt time.Time
 	forceGap time.Duration
 	// failures counts failed refreshes in a row; until retryAt the token
@@ -547,7 +548,12 @@ func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func
 	r.mu.Unlock()
 	f := &refreshFlight{done: make(chan struct{})}
 	st.flight = f
-	if forced {
+	// A forced refresh counts once per token forced: after a failure the
+	// token stays stale and the backoff's retries start again with
+	// forced set, but they are the same forced refresh. Counting each
+	// would double the gap per retry, so a token endpoint down for half a
+	// minute would leave the next token's 401s ignored for half an hour.
+	if forced && (st.forced != c.Credential.AccessToken || st.forcedAt.IsZero()) {
 		st.forced = c.Credential.AccessToken
 		now := r.now()
 		if st.forcedAt.IsZero() || now.Sub(st.forcedAt) >= 2*st.forceGap {

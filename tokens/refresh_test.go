@@ -809,6 +809,42 @@ func TestRepeated401sBounded(t *testing.T) {
 	}
 }
 
+// TestForcedRefreshRetriesCountOnce: the backoff's retries of a forced
+// refresh that failed are the same forced refresh. Half a minute of token
+// endpoint outage must not raise the gap for the token that replaces the
+// stale one: a 401 for it after the 1-minute gap forces a refresh.
+func TestForcedRefreshRetriesCountOnce(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{exactBackoff: true})
+	tok1 := e.issue(t)
+	c := e.authCodeConn(t, provAuthCode, tok1, e.clock.Now().Add(24*time.Hour))
+	e.srv.SetDown(true)
+	e.r.MarkStale(c.ID, tok1.Access)
+	// Attempts at 0, 1, 3, 7 and 15 s fail; the one at 31 s succeeds.
+	for i := range 5 {
+		_, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+		var re *RetryError
+		if !errors.As(err, &re) {
+			t.Fatalf("attempt %d with the endpoint down = %v, want a *RetryError", i+1, err)
+		}
+		e.idle()
+		e.clock.Advance(e.r.state(c.ID).retryAt.Sub(e.clock.Now()))
+	}
+	e.srv.SetDown(false)
+	tok2, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || tok2 == tok1.Access {
+		t.Fatalf("AccessToken once the endpoint is back = %v; want a new token", err)
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 6 {
+		t.Fatalf("%d refresh grants, want 6 (5 failed, 1 ok)", n)
+	}
+	e.clock.Advance(2 * forceGapMin)
+	e.r.MarkStale(c.ID, tok2)
+	tok3, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || tok3 == tok2 {
+		t.Fatalf("401 for the new token %s after the outage: %v; want a forced refresh and a newer token", 2*forceGapMin, err)
+	}
+}
+
 // TestNewCredentialsLiftForceLimit: credentials updated through the store
 // (the admin API's PATCH) may be forced at once, whatever the limit left
 // by the ones they replaced.

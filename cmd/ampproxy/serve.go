@@ -222,14 +222,17 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 
 // restartOnly names the settings that differ between the running config
 // and a reloaded one but are read only at start: the listeners, the store,
-// the lockout table and the logger are built once.
+// the lockout table, the token waits and the logger are built once.
 func restartOnly(running, next *config.Config) []string {
 	var changed []string
 	for _, s := range []struct {
 		name string
 		same bool
 	}{
-		{"grpc.listen", next.GRPC == running.GRPC},
+		{"grpc.listen", next.GRPC.Listen == running.GRPC.Listen},
+		// The refresher's and the request path's token waits are derived
+		// from it when the data path is built.
+		{"grpc.messageTimeout", next.GRPC.MessageTimeout == running.GRPC.MessageTimeout},
 		{"admin.listen", next.Admin.Listen == running.Admin.Listen},
 		{"admin.pprof", next.Admin.Pprof == running.Admin.Pprof},
 		{"storage", next.Storage == running.Storage},

@@ -78,6 +78,12 @@ func TestRestartOnly(t *testing.T) {
 	}{
 		{func(*config.Config) {}, nil},
 		{func(c *config.Config) { c.GRPC.Listen = "127.0.0.1:1" }, []string{"grpc.listen"}},
+		{func(c *config.Config) { c.GRPC.MessageTimeout = config.Duration(time.Second) }, []string{"grpc.messageTimeout"}},
+		{func(c *config.Config) {
+			c.GRPC.Listen = "127.0.0.1:1"
+			c.GRPC.MessageTimeout = config.Duration(time.Second)
+		},
+			[]string{"grpc.listen", "grpc.messageTimeout"}},
 		{func(c *config.Config) { c.Admin.Listen = "127.0.0.1:2" }, []string{"admin.listen"}},
 		{func(c *config.Config) { c.Admin.Pprof = true }, []string{"admin.pprof"}},
 		{func(c *config.Config) { c.Storage.CreateKey = true }, []string{"storage"}},

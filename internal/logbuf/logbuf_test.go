@@ -141,6 +141,23 @@ func TestCloseFlushesAndStops(t *testing.T) {
 	w.Close() // twice is harmless
 }
 
+// TestWritesAfterCloseGoThrough: nothing flushes after Close, so a line
+// logged then (a goroutine that outlives shutdown) is written at once.
+func TestWritesAfterCloseGoThrough(t *testing.T) {
+	out := newSink()
+	w, _ := newWriter(t, out, 4096)
+	w.Write([]byte("before\n"))
+	w.Close()
+	for _, l := range []string{"late\n", "later\n"} {
+		if n, err := w.Write([]byte(l)); n != len(l) || err != nil {
+			t.Fatalf("Write after Close = %d, %v", n, err)
+		}
+	}
+	if got := out.got(); len(got) != 3 || got[0] != "before\n" || got[1] != "late\n" || got[2] != "later\n" {
+		t.Fatalf("destination got %q, want each line written as it came", got)
+	}
+}
+
 func TestFailedWriteDoesNotFailTheCaller(t *testing.T) {
 	out := newSink()
 	out.fail = true

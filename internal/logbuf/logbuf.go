@@ -48,8 +48,10 @@ type Options struct {
 	Interval time.Duration
 	Size     int
 
-	// newTicker replaces time.NewTicker in tests.
+	// newTicker replaces time.NewTicker in tests; afterTick, when set,
+	// runs after each interval flush, so that a test knows it is over.
 	newTicker func(time.Duration) (<-chan time.Time, func())
+	afterTick func()
 }
 
 // Writer buffers writes to an io.Writer. It is safe for concurrent use.
@@ -104,6 +106,9 @@ func New(out io.Writer, o Options) *Writer {
 				return
 			case <-tick:
 				w.Flush()
+				if o.afterTick != nil {
+					o.afterTick()
+				}
 			}
 		}
 	}()

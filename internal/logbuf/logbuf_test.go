@@ -51,14 +51,27 @@ func (s *sink) waitWrite(t *testing.T) {
 type manualTicker struct {
 	c       chan time.Time
 	stopped chan struct{}
+	flushed chan struct{}
+}
+
+// tick fires the ticker and waits until the flush it causes is over; the
+// bound only catches a hang.
+func (mt *manualTicker) tick(t *testing.T) {
+	t.Helper()
+	mt.c <- time.Now()
+	select {
+	case <-mt.flushed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tick's flush did not end")
+	}
 }
 
 func newWriter(t *testing.T, out *sink, size int) (*Writer, *manualTicker) {
 	t.Helper()
-	mt := &manualTicker{c: make(chan time.Time), stopped: make(chan struct{})}
+	mt := &manualTicker{c: make(chan time.Time), stopped: make(chan struct{}), flushed: make(chan struct{}, 1)}
 	w := New(out, Options{Size: size, newTicker: func(time.Duration) (<-chan time.Time, func()) {
 		return mt.c, func() { close(mt.stopped) }
-	}})
+	}, afterTick: func() { mt.flushed <- struct{}{} }})
 	t.Cleanup(func() { w.Close() })
 	return w, mt
 }
@@ -74,17 +87,21 @@ func TestLinesWaitForTheTick(t *testing.T) {
 	if got := out.got(); len(got) != 0 {
 		t.Fatalf("written before the interval passed: %q", got)
 	}
-	mt.c <- time.Now()
-	out.waitWrite(t)
+	mt.tick(t)
 	if got := out.got(); len(got) != 1 || got[0] != "one\ntwo\nthree\n" {
 		t.Fatalf("after a tick the destination got %q, want the three lines in one write", got)
 	}
-	// A tick with nothing buffered writes nothing; the next line waits
-	// for the next tick.
-	mt.c <- time.Now()
+	// A tick with nothing buffered writes nothing; with no tick in flight,
+	// the next line waits for the next tick.
+	mt.tick(t)
+	if got := out.got(); len(got) != 1 {
+		t.Fatalf("a tick with nothing buffered wrote: %q", got[1:])
+	}
 	w.Write([]byte("four\n"))
-	mt.c <- time.Now()
-	out.waitWrite(t)
+	if got := out.got(); len(got) != 1 {
+		t.Fatalf("written before the next tick: %q", got[1:])
+	}
+	mt.tick(t)
 	if got := out.got(); len(got) != 2 || got[1] != "four\n" {
 		t.Fatalf("destination got %q", got)
 	}

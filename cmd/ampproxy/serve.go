@@ -74,6 +74,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	met.GaugeFunc("ampproxy_store_connections", "Connections in the store.", func() float64 { return float64(store.Stats().Connections) })
 	met.GaugeFunc("ampproxy_store_installations", "Installations in the store.", func() float64 { return float64(store.Stats().Installations) })
 	met.GaugeFunc("ampproxy_store_file_bytes", "Size of the bbolt file.", func() float64 { return float64(store.Stats().FileBytes) })
+	logMetrics(met, logw)
 
 	var current atomic.Pointer[config.Config]
 	current.Store(cfg)
@@ -176,6 +177,14 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	<-lockDone
 	log.Info("ampproxy stopped")
 	return err
+}
+
+// logMetrics registers the log writer's figures on met: lines the
+// destination refused are lost, and only this counter says so, since the
+// log cannot.
+func logMetrics(met *metrics.Metrics, logw *logbuf.Writer) {
+	met.CounterFunc("ampproxy_log_dropped_bytes_total", "Bytes of log output the log's destination (stderr) refused; they are lost.",
+		func() float64 { return float64(logw.Dropped()) })
 }
 
 // watchConfig reloads the config when SIGHUP arrives or one of its files

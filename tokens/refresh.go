@@ -250,9 +250,7 @@ func NewRefresher(o RefresherOptions) *Refresher {
 	if r.client == nil {
 		r.client = NewTokenClient(DefaultTokenTimeout)
 	} else {
-		c := *r.client
-		c.CheckRedirect = noRedirect
-		r.client = &c
+		r.client = WithoutRedirects(r.client)
 	}
 	r.timeout = r.client.Timeout
 	if r.timeout <= 0 {
@@ -283,6 +281,16 @@ func NewRefresher(o RefresherOptions) *Refresher {
 // redirects is misconfigured; its answer fails as an HTTP 3xx.
 func NewTokenClient(timeout time.Duration) *http.Client {
 	return &http.Client{Timeout: timeout, CheckRedirect: noRedirect}
+}
+
+// WithoutRedirects returns a copy of c, with the same transport and
+// timeout, that does not follow redirects, whatever c's CheckRedirect (see
+// NewTokenClient). Every client that calls a token endpoint goes through
+// it or NewTokenClient.
+func WithoutRedirects(c *http.Client) *http.Client {
+	cc := *c
+	cc.CheckRedirect = noRedirect
+	return &cc
 }
 
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

@@ -945,6 +945,43 @@ func TestOAuthTokenRedirectNotFollowed(t *testing.T) {
 	}
 }
 
+// TestOAuthUnusableToken: a token whose value would break the request
+// header it goes into (tokens.CheckToken) is not stored, and neither the
+// page nor the log quotes it.
+func TestOAuthUnusableToken(t *testing.T) {
+	for _, tc := range []struct{ name, answer, want string }{
+		{"whitespace", `{"access_token":"SECRET-at ","token_type":"Bearer","expires_in":3600}`, "access token must not begin or end with whitespace"},
+		{"control", `{"access_token":"SECRET-at","refresh_token":"SECRET-rt\u0000","token_type":"Bearer"}`, "refresh token must not contain control characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, tc.answer)
+			}))
+			t.Cleanup(ep.Close)
+			o := newOAuthEnv(t)
+			o.h = New(Options{Store: o.store, Config: o.cfg.Load, Now: o.clock.Now, Logger: slog.New(slog.NewJSONHandler(o.logs, nil))})
+			cb := o.authorize(o.connect(OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"}))
+			func() {
+				s := o.h.(*server)
+				s.connects.mu.Lock()
+				defer s.connects.mu.Unlock()
+				for _, pc := range s.connects.byState {
+					pc.tokenURL = ep.URL + "/token"
+				}
+			}()
+			w := o.callback(cb)
+			wantPage(t, w, 502, tc.want, "Nothing was stored")
+			if len(o.store.conns) != 0 {
+				t.Error("stored a connection with an unusable token")
+			}
+			if strings.Contains(w.Body.String(), "SECRET") || strings.Contains(o.logs.String(), "SECRET") {
+				t.Errorf("a token value leaked:\n%s\n%s", w.Body, o.logs)
+			}
+		})
+	}
+}
+
 // stillClock moves only when told to.
 type stillClock struct {
 	mu sync.Mutex

@@ -874,6 +874,57 @@ func TestNewCredentialsLiftForceLimit(t *testing.T) {
 	}
 }
 
+// TestUnusableTokenNotStored: a token endpoint that answers a token with a
+// control character or surrounding whitespace, which would break every
+// request header it went into, has failed: nothing is stored, the
+// connection backs off, and the log names the rule, not the value.
+func TestUnusableTokenNotStored(t *testing.T) {
+	for _, tc := range []struct{ name, answer, problem string }{
+		{"control character", `{"access_token":"SECRET-at\u0007x","refresh_token":"SECRET-rt-new","expires_in":3600}`,
+			"access token must not contain control characters"},
+		{"surrounding whitespace", `{"access_token":" SECRET-at ","expires_in":3600}`,
+			"access token must not begin or end with whitespace"},
+		{"refresh token", `{"access_token":"SECRET-at-ok","refresh_token":"SECRET-rt\r\nx","expires_in":3600}`,
+			"refresh token must not contain control characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, tc.answer)
+			}))
+			t.Cleanup(ep.Close)
+			e := newRefreshEnv(t, envConfig{tokenURL: ep.URL, exactBackoff: true})
+			c := e.authCodeConn(t, provAuthCode, oauthtest.Tokens{Access: "old-at", Refresh: "old-rt"}, e.clock.Now().Add(-time.Minute))
+			_, err := e.r.AccessToken(t.Context(), c)
+			var re *RetryError
+			if !errors.As(err, &re) || re.After != time.Second {
+				t.Fatalf("AccessToken = %v; want a *RetryError with the first backoff, 1s", err)
+			}
+			e.idle()
+			if r := e.result(t); r != resultError {
+				t.Errorf("result %s, want error", r)
+			}
+			stored := e.conn(t, c.ID)
+			if stored.Credential.AccessToken != "old-at" || stored.Credential.RefreshToken != "old-rt" || stored.Status != StatusWorking {
+				t.Errorf("stored %v (status %s); want the old tokens, untouched", stored.Credential, stored.Status)
+			}
+			// Backing off: the next call does not ask again.
+			if _, err := e.r.AccessToken(t.Context(), c); !errors.As(err, &re) {
+				t.Fatalf("AccessToken during the backoff = %v, want a *RetryError", err)
+			}
+			e.idle()
+			e.noResult(t)
+			logs := e.logs.String()
+			if !strings.Contains(logs, tc.problem) {
+				t.Errorf("the log does not say %q:\n%s", tc.problem, logs)
+			}
+			if strings.Contains(logs, "SECRET") || strings.Contains(err.Error(), "SECRET") {
+				t.Errorf("a token value leaked:\n%s\n%v", logs, err)
+			}
+		})
+	}
+}
+
 // TestMarkStaleOncePerToken: a provider that hands back the same access
 // token, and keeps rejecting it, gets one forced refresh, not one per
 // gap: refreshing again cannot give a different token.

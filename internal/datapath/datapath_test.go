@@ -116,11 +116,12 @@ func TestPanicEndsOnlyItsStream(t *testing.T) {
 // committing a lockout would.
 type lingering struct {
 	extprocv3.UnimplementedExternalProcessorServer
-	cancelled, release, returned chan struct{}
+	started, cancelled, release, returned chan struct{}
 }
 
 func (l lingering) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	defer close(l.returned)
+	close(l.started)
 	<-srv.Context().Done()
 	close(l.cancelled)
 	<-l.release
@@ -131,11 +132,20 @@ func (l lingering) Process(srv extprocv3.ExternalProcessor_ProcessServer) error 
 // out before it closes what handlers use, returns only after every
 // handler has returned.
 func TestStopWaitsForHandlers(t *testing.T) {
-	h := lingering{cancelled: make(chan struct{}), release: make(chan struct{}), returned: make(chan struct{})}
+	h := lingering{started: make(chan struct{}), cancelled: make(chan struct{}), release: make(chan struct{}), returned: make(chan struct{})}
 	g := grpc.NewServer(ServerOptions(slog.New(slog.DiscardHandler))...)
 	extprocv3.RegisterExternalProcessorServer(g, h)
+	release := sync.OnceFunc(func() { close(h.release) })
 	l := bufconn.Listen(1 << 20)
 	go g.Serve(l)
+	stopped := make(chan struct{})
+	stop := sync.OnceFunc(func() { go func() { g.Stop(); close(stopped) }() })
+	t.Cleanup(func() {
+		// Whatever failed: let the handler go and the server stop.
+		release()
+		stop()
+		<-stopped
+	})
 	cc, err := grpc.NewClient("passthrough:///bufconn",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -147,20 +157,16 @@ func TestStopWaitsForHandlers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The handler runs once the server has the stream's first message.
+	// The server runs the handler once it has the stream's first message.
 	if err := st.Send(&extprocv3.ProcessingRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	stopped := make(chan struct{})
-	go func() { g.Stop(); close(stopped) }()
-	t.Cleanup(func() {
-		select {
-		case <-h.release:
-		default:
-			close(h.release)
-		}
-		<-stopped
-	})
+	select {
+	case <-h.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler did not start")
+	}
+	stop()
 	select {
 	case <-h.cancelled:
 	case <-time.After(10 * time.Second):
@@ -174,7 +180,7 @@ func TestStopWaitsForHandlers(t *testing.T) {
 		t.Fatal("Stop returned while a handler was still running")
 	case <-time.After(200 * time.Millisecond):
 	}
-	close(h.release)
+	release()
 	select {
 	case <-stopped:
 	case <-time.After(10 * time.Second):

@@ -486,11 +486,13 @@ func currentApp(cfg *config.Config, pc *pendingConnect) (*config.Project, *catal
 // and metadata; why, when not empty, says what makes it unusable, without
 // quoting a token.
 func (s *server) connectionFromToken(prov *catalog.Provider, pc *pendingConnect, tok *oauth2.Token) (cred tokens.Credential, meta map[string]string, why string) {
-	if !validToken(tok.AccessToken) {
-		return cred, nil, "its access token is empty, too long or holds control characters"
+	if err := tokens.CheckToken("access token", tok.AccessToken); err != nil {
+		return cred, nil, "it is unusable: " + err.Error()
 	}
-	if tok.RefreshToken != "" && !validToken(tok.RefreshToken) {
-		return cred, nil, "its refresh token is too long or holds control characters"
+	if tok.RefreshToken != "" {
+		if err := tokens.CheckToken("refresh token", tok.RefreshToken); err != nil {
+			return cred, nil, "it is unusable: " + err.Error()
+		}
 	}
 	cred.AccessToken, cred.RefreshToken = tok.AccessToken, tok.RefreshToken
 	switch {
@@ -587,10 +589,6 @@ func subdomain(prov *catalog.Provider, meta map[string]string, name, v string) (
 		}
 	}
 	return "", fmt.Errorf("names host %s, which the base URL of provider %s cannot be made to point at", host, prov.Name)
-}
-
-func validToken(t string) bool {
-	return t != "" && checkSecret("token", t, true) == nil
 }
 
 // exchangeFailure classifies a failed token request: the status of the

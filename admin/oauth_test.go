@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -889,6 +890,95 @@ func TestOAuthTokenClientTimeout(t *testing.T) {
 	}
 	if len(o.store.conns) != 0 {
 		t.Error("stored after a timeout")
+	}
+}
+
+// TestOAuthTokenRedirectNotFollowed: a caller's client that follows
+// redirects is not used as is: a token endpoint answering 307 does not get
+// the code, the verifier and the client secret posted again to its
+// Location.
+func TestOAuthTokenRedirectNotFollowed(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, string(body))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"from-the-redirect-target","token_type":"Bearer","expires_in":3600}`)
+	}))
+	t.Cleanup(target.Close)
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+"/token", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirecting.Close)
+
+	o := newOAuthEnv(t)
+	follows := &http.Client{Timeout: 5 * time.Second} // nil CheckRedirect: follows up to 10
+	o.h = New(Options{
+		Store: o.store, Config: o.cfg.Load, Now: o.clock.Now,
+		Logger:     slog.New(slog.NewJSONHandler(o.logs, nil)),
+		HTTPClient: follows,
+	})
+	cb := o.authorize(o.connect(OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"}))
+	func() {
+		s := o.h.(*server)
+		s.connects.mu.Lock()
+		defer s.connects.mu.Unlock()
+		for _, pc := range s.connects.byState {
+			pc.tokenURL = redirecting.URL + "/token"
+		}
+	}()
+	w := o.callback(cb)
+	wantPage(t, w, 502, "did not accept")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 0 {
+		t.Errorf("the redirect target got %d token requests: %q", len(seen), seen)
+	}
+	if len(o.store.conns) != 0 {
+		t.Error("stored a connection from a redirected token request")
+	}
+	if follows.CheckRedirect != nil {
+		t.Error("New changed the caller's client")
+	}
+}
+
+// TestOAuthUnusableToken: a token whose value would break the request
+// header it goes into (tokens.CheckToken) is not stored, and neither the
+// page nor the log quotes it.
+func TestOAuthUnusableToken(t *testing.T) {
+	for _, tc := range []struct{ name, answer, want string }{
+		{"whitespace", `{"access_token":"SECRET-at ","token_type":"Bearer","expires_in":3600}`, "access token must not begin or end with whitespace"},
+		{"control", `{"access_token":"SECRET-at","refresh_token":"SECRET-rt\u0000","token_type":"Bearer"}`, "refresh token must not contain control characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, tc.answer)
+			}))
+			t.Cleanup(ep.Close)
+			o := newOAuthEnv(t)
+			o.h = New(Options{Store: o.store, Config: o.cfg.Load, Now: o.clock.Now, Logger: slog.New(slog.NewJSONHandler(o.logs, nil))})
+			cb := o.authorize(o.connect(OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"}))
+			func() {
+				s := o.h.(*server)
+				s.connects.mu.Lock()
+				defer s.connects.mu.Unlock()
+				for _, pc := range s.connects.byState {
+					pc.tokenURL = ep.URL + "/token"
+				}
+			}()
+			w := o.callback(cb)
+			wantPage(t, w, 502, tc.want, "Nothing was stored")
+			if len(o.store.conns) != 0 {
+				t.Error("stored a connection with an unusable token")
+			}
+			if strings.Contains(w.Body.String(), "SECRET") || strings.Contains(o.logs.String(), "SECRET") {
+				t.Errorf("a token value leaked:\n%s\n%s", w.Body, o.logs)
+			}
+		})
 	}
 }
 

@@ -70,11 +70,14 @@ type Options struct {
 	// expiry of OAuth connect states. Nil means time.Now.
 	Now func() time.Time
 	// HTTPClient makes the token requests of the OAuth callback. Nil means
-	// a client with a 10 s timeout that does not follow redirects (a token
-	// endpoint that redirects is misconfigured, and following a redirect
-	// would turn the POST into a GET without the code). A caller's client
-	// should have a timeout too; the exchange is bounded by
-	// ExchangeTimeout whatever the client does.
+	// a client with a 10 s timeout. Whatever its CheckRedirect, the
+	// callback uses a copy that does not follow redirects
+	// (tokens.WithoutRedirects): a token endpoint that redirects is
+	// misconfigured, following a 307 or 308 would post the code, the
+	// verifier and the client secret again to wherever Location points,
+	// and a 301 to 303 would turn the POST into a GET without them. A
+	// caller's client should have a timeout too; the exchange is bounded
+	// by ExchangeTimeout whatever the client does.
 	HTTPClient *http.Client
 	// Lockouts, when set, shows a connection's open lockout window
 	// (rateLimitedUntil, retryable) in GET …/connections/{id}.
@@ -123,6 +126,8 @@ func New(opts Options) http.Handler {
 		connects: newConnectStates(), locks: opts.Lockouts}
 	if s.http == nil {
 		s.http = defaultTokenClient
+	} else {
+		s.http = tokens.WithoutRedirects(s.http)
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,11 +172,20 @@ func TestResolve(t *testing.T) {
 		{"pathy", "a/../b", "/x", "", "", "dot segments"},
 		{"pathy", "..;", "/x", "", "", "dot segments"},
 		{"pathy", `..\`, "/x", "", "", "dot segments"},
+		// Escaped once more, these read as dots or a NUL to a server that
+		// decodes twice.
+		{"pathy", "%2e%2e", "/x", "", "", "dot segments"},
+		{"pathy", "%c0%ae.", "/x", "", "", "dot segments"},
+		{"pathy", "a%00", "/x", "", "", "NUL"},
+		{"pathy", "100%done", "/x", "api.bamboohr.com", "/api/gateway.php/100%25done/x", ""},
 		// The caller's path cannot climb out of the template's path either.
 		{"pathy", "acme", "/../../other/v1", "", "", "path segment"},
 		{"pathy", "acme", "/v1/./employees", "", "", "path segment"},
 		{"jira", "c1", "/../../confluence/x", "", "", "path segment"},
 		{"jira", "c1", "/%2e%2e/x", "", "", "path segment"},
+		{"jira", "c1", "/%252e%252e/x", "", "", "path segment"},
+		{"jira", "c1", "/x/..%00/y", "", "", "NUL"},
+		{"jira", "c1", "/files/100%25done", "api.atlassian.com", "/ex/jira/c1/rest/api/files/100%25done", ""},
 		{"jira", "c1", "/v1/.well-known/x?a=..", "api.atlassian.com", "/ex/jira/c1/rest/api/v1/.well-known/x?a=..", ""},
 		{"region", "", "/items", "eu.api.example.com:8443", "/v1/items", ""},
 		{"region", "us", "/items", "us.api.example.com:8443", "/v1/items", ""},
@@ -207,25 +218,48 @@ func TestResolve(t *testing.T) {
 // TestDotSegments: every way a server may read a segment as "." or "..",
 // and the look-alikes that are plain names.
 func TestDotSegments(t *testing.T) {
-	for _, p := range []string{
-		"/..", "/.", "/../x", "/a/./b", "/a/..", "/a/..?q", "/..?x=1",
-		"/%2e%2e/x", "/%2E%2E/x", "/.%2e/x", "/%2e./x", "/%2e/x", "/%2E",
-		"/..%2fx", "/..%2Fx", "/a%2f..%2fb", "/a%2F.%2Fb", "/a\\..\\b", "/..%5cx", "/a%5C..",
-		"/..;/x", "/.;jsessionid=1/x", "/a/..%3b/x", "/a;/../b",
+	for _, tc := range []struct {
+		path  string
+		fault string
+	}{
+		{"/..", faultDotSegment}, {"/.", faultDotSegment}, {"/../x", faultDotSegment}, {"/a/./b", faultDotSegment},
+		{"/a/..", faultDotSegment}, {"/a/..?q", faultDotSegment}, {"/..?x=1", faultDotSegment},
+		{"/%2e%2e/x", faultDotSegment}, {"/%2E%2E/x", faultDotSegment}, {"/.%2e/x", faultDotSegment},
+		{"/%2e./x", faultDotSegment}, {"/%2e/x", faultDotSegment}, {"/%2E", faultDotSegment},
+		{"/..%2fx", faultDotSegment}, {"/..%2Fx", faultDotSegment}, {"/a%2f..%2fb", faultDotSegment},
+		{"/a%2F.%2Fb", faultDotSegment}, {"/a\\..\\b", faultDotSegment}, {"/..%5cx", faultDotSegment}, {"/a%5C..", faultDotSegment},
+		{"/..;/x", faultDotSegment}, {"/.;jsessionid=1/x", faultDotSegment}, {"/a/..%3b/x", faultDotSegment}, {"/a;/../b", faultDotSegment},
+		// Decoded twice.
+		{"/v1/%252e%252e/admin", faultDotSegment}, {"/%252e%252e/x", faultDotSegment}, {"/v1/%%32%65%%32%65/admin", faultDotSegment},
+		{"/v1/..%252fadmin", faultDotSegment}, {"/v1/%25252e%25252e/admin", faultDotSegment},
+		// IIS's %uXXXX.
+		{"/v1/%u002e%u002e/admin", faultDotSegment}, {"/v1/%U002E./admin", faultDotSegment}, {"/v1/..%u002fadmin", faultDotSegment},
+		{"/v1/..%u005cadmin", faultDotSegment}, {"/v1/%25u002e%25u002e/x", faultDotSegment},
+		// Overlong UTF-8 of '.', '/' and '\'.
+		{"/v1/%c0%ae%c0%ae/admin", faultDotSegment}, {"/v1/%C0%AE./admin", faultDotSegment}, {"/v1/%e0%80%ae%e0%80%ae/x", faultDotSegment},
+		{"/v1/%f0%80%80%ae./x", faultDotSegment}, {"/v1/..%c0%afadmin", faultDotSegment}, {"/v1/..%e0%80%afadmin", faultDotSegment},
+		{"/v1/..%c1%9cadmin", faultDotSegment}, {"/v1/%25c0%25ae%25c0%25ae/x", faultDotSegment},
+		// NUL, in any form.
+		{"/v1/..%00/admin", faultNUL}, {"/v1/.%00./admin", faultNUL}, {"/a%00b", faultNUL}, {"/a%2500b", faultNUL},
+		{"/a%u0000", faultNUL}, {"/a%c0%80b", faultNUL},
+		// Four times over.
+		{"/a%2525252e", faultDeep},
 	} {
-		if !hasDotSegment(p) {
-			t.Errorf("%q: dot segment not found", p)
+		if got := pathFault(tc.path); got != tc.fault {
+			t.Errorf("pathFault(%q) = %q, want %q", tc.path, got, tc.fault)
 		}
-		if err := checkRequestPath(p); !errors.Is(err, ErrBadPath) {
-			t.Errorf("checkRequestPath(%q) = %v, want ErrBadPath", p, err)
+		if err := checkRequestPath(tc.path); !errors.Is(err, ErrBadPath) || !strings.Contains(err.Error(), tc.fault) {
+			t.Errorf("checkRequestPath(%q) = %v, want ErrBadPath: %s", tc.path, err, tc.fault)
 		}
 	}
 	for _, p := range []string{
-		"/", "/x", "/...", "/a..b", "/.well-known/x", "/a./b", "/.a/b", "/x?y=/../..",
-		"/%2e%2e%2e", "/%252e%252e/x", "/%2g../x", "/a%2", "/a%", "/v1.2/x", "//x",
+		"/", "/x", "/...", "/a..b", "/.well-known/x", "/a./b", "/.a/b", "/x?y=/../..", "/a.b",
+		"/%2e%2e%2e", "/%2g../x", "/a%2", "/a%", "/v1.2/x", "//x", "/x?y=%00",
+		"/files/100%25done", "/files/50%25%20off", "/a%252525", "/%u00", "/%uzzzz..x", "/%25u002", "/caf%c3%a9/x",
+		"/%e2%80%a4%e2%80%a4/x", "/%c0", "/%c0%2e%2e", "/%e0%80",
 	} {
-		if hasDotSegment(p) {
-			t.Errorf("%q: taken for a dot segment", p)
+		if f := pathFault(p); f != "" {
+			t.Errorf("pathFault(%q) = %q, want none", p, f)
 		}
 	}
 }
@@ -500,12 +534,13 @@ func TestEmbeddedCatalog(t *testing.T) {
 // the template's port.
 func FuzzResolve(f *testing.F) {
 	ps := mustParse(f, testCatalog)
-	for _, s := range []string{"acme", "ACME", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva"} {
+	for _, s := range []string{"acme", "ACME", "evil.com#", "a.b@c", "127.0.0.1", "x/y", "", "a:1", "[::1]", "a%00", "..", "xn--bcher-kva", "%2e%2e", "%c0%ae%c0%ae", "100%done"} {
 		f.Add(s, "/services/data?x=1")
 	}
 	f.Add("acme", "//evil.com/x")
 	f.Add("acme", "/@evil.com")
-	for _, path := range []string{"/../x", "/a/%2e%2E/b", "/.%2e/x", "/..%2fx", "/..;/x", "/a\\..\\b", "/x?y=/.."} {
+	for _, path := range []string{"/../x", "/a/%2e%2E/b", "/.%2e/x", "/..%2fx", "/..;/x", "/a\\..\\b", "/x?y=/..",
+		"/%252e%252e/x", "/%%32%65%%32%65/x", "/%u002e%u002e/x", "/%c0%ae%c0%ae/x", "/%e0%80%ae./x", "/..%c0%afx", "/..%00/x", "/files/100%25done"} {
 		f.Add("acme", path)
 	}
 	f.Fuzz(func(t *testing.T, val, path string) {
@@ -599,6 +634,9 @@ func FuzzResolveEmbedded(f *testing.F) {
 	f.Add("acme", "/../../x")
 	f.Add("..", "/x")
 	f.Add("acme", "/%2e%2e%2fx")
+	f.Add("%2e%2e", "/x")
+	f.Add("acme", "/%252e%252e/x")
+	f.Add("acme", "/%c0%ae%c0%ae/x")
 	f.Fuzz(func(t *testing.T, val, path string) {
 		for _, p := range pathed {
 			meta := make(map[string]string, len(p.Metadata))
@@ -641,9 +679,12 @@ func FuzzResolveEmbedded(f *testing.F) {
 }
 
 // checkResolvedPath fails unless path starts with p's template path for
-// meta and holds no dot segment by a reading independent of hasDotSegment:
-// lower-cased, the escapes of '.', '/', '\' and ';' decoded, and each of
-// '\' and ';' read as a '/'.
+// meta and is safe by a reading independent of pathFault: each form of the
+// path (up to '?'), as it is and then decoded up to three times over
+// (%XX and %uXXXX by a regular expression, then every overlong UTF-8
+// encoding of an ASCII character replaced by it), holds no NUL and, split
+// at '/', '\' and ';', no "." or ".." segment; and a fourth decoding
+// changes nothing.
 func checkResolvedPath(t *testing.T, p *Provider, meta map[string]string, path string) {
 	t.Helper()
 	var prefix strings.Builder
@@ -658,14 +699,50 @@ func checkResolvedPath(t *testing.T, p *Provider, meta map[string]string, path s
 	if !strings.HasPrefix(path, prefix.String()+"/") && path != prefix.String() {
 		t.Fatalf("%s: path %q left the template's path %q", p.Name, path, prefix.String())
 	}
-	pathOnly, _, _ := strings.Cut(path, "?")
-	norm := strings.NewReplacer("%2e", ".", "%2f", "/", "%5c", "/", "%3b", "/", "\\", "/", ";", "/").Replace(strings.ToLower(pathOnly))
-	for seg := range strings.SplitSeq(norm, "/") {
-		if seg == "." || seg == ".." {
-			t.Fatalf("%s: path %q holds a dot segment", p.Name, path)
+	form, _, _ := strings.Cut(path, "?")
+	for round := 0; ; round++ {
+		if strings.Contains(form, "\x00") {
+			t.Fatalf("%s: path %q holds a NUL (decoded %d times: %q)", p.Name, path, round, form)
 		}
+		for _, seg := range strings.FieldsFunc(form, func(r rune) bool { return r == '/' || r == '\\' || r == ';' }) {
+			if seg == "." || seg == ".." {
+				t.Fatalf("%s: path %q holds a dot segment (decoded %d times: %q)", p.Name, path, round, form)
+			}
+		}
+		next := overlongASCII.Replace(escapeRE.ReplaceAllStringFunc(form, func(e string) string {
+			v, _ := strconv.ParseUint(strings.TrimLeft(e[1:], "uU"), 16, 32)
+			if len(e) == 3 {
+				return string([]byte{byte(v)})
+			}
+			return string(rune(v))
+		}))
+		if next == form {
+			return
+		}
+		if round == 3 {
+			t.Fatalf("%s: path %q still decodes after three rounds", p.Name, path)
+		}
+		form = next
 	}
 }
+
+// escapeRE matches what checkResolvedPath decodes: %uXXXX and %XX.
+var escapeRE = regexp.MustCompile(`%[uU][0-9a-fA-F]{4}|%[0-9a-fA-F]{2}`)
+
+// overlongASCII replaces every overlong UTF-8 encoding (two, three and
+// four bytes) of an ASCII character with the character, built by encoding
+// rather than decoding.
+var overlongASCII = func() *strings.Replacer {
+	var pairs []string
+	for c := range 0x80 {
+		hi, lo := byte(c>>6), 0x80|byte(c&0x3f)
+		pairs = append(pairs,
+			string([]byte{0xc0 | hi, lo}), string(rune(c)),
+			string([]byte{0xe0, 0x80 | hi, lo}), string(rune(c)),
+			string([]byte{0xf0, 0x80, 0x80 | hi, lo}), string(rune(c)))
+	}
+	return strings.NewReplacer(pairs...)
+}()
 
 // checkTemplatedAuthority fails unless authority is what tmpl allows for
 // the values of get; val is the fuzzed value, for the message.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // Upstream is where a proxied request goes.
@@ -115,49 +116,181 @@ func checkRequestPath(pq string) error {
 			return fmt.Errorf("%w: character %q is not allowed", ErrBadPath, c)
 		}
 	}
-	if hasDotSegment(pq) {
-		return fmt.Errorf("%w: a \".\" or \"..\" path segment is not allowed, percent-encoded or not", ErrBadPath)
+	if f := pathFault(pq); f != "" {
+		return fmt.Errorf("%w: %s", ErrBadPath, f)
 	}
 	return nil
 }
 
-// hasDotSegment reports whether the path of pq (up to a literal '?') holds
-// a segment that some server reads as "." or "..". It reads the path the
-// way the most lenient of them do: each %XX decoded once (%2e and %2E are
-// dots, %2f a slash, %5c a backslash), and '/', '\' and ';' all ending a
-// segment (Windows servers split at backslashes, Java servlet containers
-// drop ";params" from a segment). So "..", ".%2e", "%2E%2e", "..%2f",
-// "..\" and "..;x" are all dot segments; "...", ".well-known" and "a..b"
-// are not.
-func hasDotSegment(pq string) bool {
+// What pathFault finds wrong with a path.
+const (
+	faultDotSegment = `"." and ".." path segments (dot segments) are not allowed, however percent-encoded`
+	faultNUL        = "a NUL character (%00) is not allowed, however percent-encoded"
+	faultDeep       = "a path percent-encoded more than 3 times over is not allowed"
+)
+
+// maxDecodeRounds is how many times pathFault decodes a path. Servers that
+// decode twice exist (the classic %252e attacks); one more round is a
+// margin. A path that would still change in a further round is refused
+// rather than read short.
+const maxDecodeRounds = 3
+
+// pathFault returns why the path of pq (up to a literal '?') cannot be
+// appended to a template's path, or "" when it can. It reads the path as
+// every server along the way might, and refuses what any of them would
+// read as a dot segment:
+//
+//   - the path as it is, then decoded again and again until it no longer
+//     changes, at most maxDecodeRounds times; each form is checked, so a
+//     dot encoded twice (%252e, or %%32%65) counts as one;
+//   - a round decodes %XX, IIS's %uXXXX, and overlong UTF-8 encodings of
+//     ASCII, which lenient decoders accept (%c0%ae and %e0%80%ae are '.',
+//     %c0%af is '/', %c1%9c is '\');
+//   - '/', '\' and ';' all end a segment (Windows servers split at
+//     backslashes, Java servlet containers drop ";params" from a
+//     segment).
+//
+// A NUL in any form is refused outright rather than read as the end of a
+// segment: servers written in C cut the path there ("..%00" reads ".."),
+// others drop it (".%00." reads ".."), and a provider path never holds
+// one. "...", ".well-known", "a..b" and "100%25done" pass.
+func pathFault(pq string) string {
+	p, _, _ := strings.Cut(pq, "?")
+	if !mayDecode(p) {
+		return scanSegments(p)
+	}
+	cur := []byte(p)
+	for round := 0; ; round++ {
+		if f := scanSegments(cur); f != "" {
+			return f
+		}
+		next := decodeRound(cur)
+		if string(next) == string(cur) {
+			return ""
+		}
+		if round == maxDecodeRounds {
+			return faultDeep
+		}
+		cur = next
+	}
+}
+
+// mayDecode reports whether a decoding round could change p; the common
+// path, plain ASCII without escapes, is scanned once without allocating.
+func mayDecode(p string) bool {
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' || p[i] >= 0xc0 {
+			return true
+		}
+	}
+	return false
+}
+
+// scanSegments checks one form of a path, taken literally.
+func scanSegments[T string | []byte](p T) string {
 	dots := 0 // dots since the segment began; -1 once it holds anything else
 	for i := 0; ; i++ {
-		end := i == len(pq) || pq[i] == '?'
+		end := i == len(p)
 		var c byte
 		if !end {
-			c = pq[i]
-			if c == '%' && i+2 < len(pq) {
-				if h, l := unhex(pq[i+1]), unhex(pq[i+2]); h >= 0 && l >= 0 {
-					c = byte(h<<4 | l)
-					i += 2
-				}
-			}
+			c = p[i]
 		}
 		switch {
 		case end || c == '/' || c == '\\' || c == ';':
 			if dots == 1 || dots == 2 {
-				return true
+				return faultDotSegment
 			}
 			if end {
-				return false
+				return ""
 			}
 			dots = 0
+		case c == 0:
+			return faultNUL
 		case c == '.' && dots >= 0:
 			dots++
 		default:
 			dots = -1
 		}
 	}
+}
+
+// decodeRound decodes p once: %XX, %uXXXX (as UTF-8), and overlong UTF-8
+// sequences that encode an ASCII character, including those the %XX of
+// this round produced.
+func decodeRound(p []byte) []byte {
+	out := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' {
+			if i+2 < len(p) {
+				if h, l := unhex(p[i+1]), unhex(p[i+2]); h >= 0 && l >= 0 {
+					out = append(out, byte(h<<4|l))
+					i += 2
+					continue
+				}
+			}
+			if i+5 < len(p) && (p[i+1] == 'u' || p[i+1] == 'U') {
+				if r, ok := unhex4(p[i+2 : i+6]); ok {
+					out = utf8.AppendRune(out, r)
+					i += 5
+					continue
+				}
+			}
+		}
+		out = append(out, c)
+	}
+	return foldOverlong(out)
+}
+
+// unhex4 reads four hex digits.
+func unhex4(b []byte) (rune, bool) {
+	var r rune
+	for _, c := range b {
+		d := unhex(c)
+		if d < 0 {
+			return 0, false
+		}
+		r = r<<4 | rune(d)
+	}
+	return r, true
+}
+
+// foldOverlong replaces, in place, every overlong UTF-8 sequence of two to
+// four bytes that encodes an ASCII character (C0 AE, E0 80 AE, F0 80 80 AE
+// for '.') with that character; strict decoders refuse them, lenient ones
+// (the IIS %c0%af bug) read the character.
+func foldOverlong(b []byte) []byte {
+	out := b[:0]
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		n := 0
+		switch {
+		case c&0xe0 == 0xc0:
+			n = 2
+		case c&0xf0 == 0xe0:
+			n = 3
+		case c&0xf8 == 0xf0:
+			n = 4
+		}
+		if n > 0 && i+n <= len(b) {
+			v := rune(c) & (0x7f >> n)
+			ok := true
+			for _, x := range b[i+1 : i+n] {
+				if x&0xc0 != 0x80 {
+					ok = false
+					break
+				}
+				v = v<<6 | rune(x&0x3f)
+			}
+			if ok && v < 0x80 {
+				out = append(out, byte(v))
+				i += n - 1
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func unhex(c byte) int {

@@ -335,10 +335,10 @@ func checkHost(h string) error {
 // checkPathValue allows anything printable that stays one path segment once
 // escaped (esc); dot segments would climb out of the template's path, also
 // ones a lenient server reads into the escaped form ("a/../b" escapes to
-// a%2F..%2Fb, and some servers decode %2F), as hasDotSegment reads them.
+// a%2F..%2Fb, and some servers decode %2F), as pathFault reads them.
 func checkPathValue(v, esc string) error {
-	if hasDotSegment(esc) {
-		return errors.New("dot segments are not allowed")
+	if f := pathFault(esc); f != "" {
+		return errors.New(f)
 	}
 	for i := 0; i < len(v); i++ {
 		if v[i] < 0x20 || v[i] == 0x7f {

@@ -289,7 +289,13 @@ func (s *Server) observe429(st *stream, hm *corev3.HeaderMap) *extprocv3.Process
 	// The stream's context ends the wait for the disk when Envoy gives up
 	// on the stream; the window is committed all the same.
 	w, err := s.locks.Observe429(st.ctx, st.conn.ID, st.provider.Name, get, st.provider.RateLimit, s.now())
-	if err != nil {
+	switch {
+	case errors.Is(err, throttle.ErrCommitPending):
+		// Expected when Envoy gives up on a stream during a slow commit.
+		// A warning, not an error: the log writes errors out at once, and
+		// a burst of abandoned 429s would be a write per stream.
+		s.log.Warn("lockout window applies; its commit continues after the stream ended", "connection", st.conn.ID, "err", err)
+	case err != nil:
 		// The window applies in memory all the same, and the table retries
 		// its persistence.
 		s.log.Error("lockout window not persisted yet", "connection", st.conn.ID, "err", err)

@@ -2,7 +2,9 @@ package extproc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -170,15 +172,20 @@ func TestThrottleObserve429(t *testing.T) {
 		resetHeader    string // the catalog reset header it must be given
 		ampRetryAfter  string
 		retryable      string
+		logLevel       string // of the line about err; "" for none
 	}{
 		{"429 retryable", "key-int", "429", throttle.Window{Until: now.Add(45 * time.Second), Retryable: true}, nil,
-			"c-key", "testKey", "x-ratelimit-reset", "Wed, 25 Nov 2026 12:00:45 UTC", "true"},
+			"c-key", "testKey", "x-ratelimit-reset", "Wed, 25 Nov 2026 12:00:45 UTC", "true", ""},
 		{"429 locked out", "oauth-int", "429", throttle.Window{Until: now.Add(time.Hour), Retryable: false}, nil,
-			"c-oauth", "testOAuth", "", "Wed, 25 Nov 2026 13:00:00 UTC", "false"},
+			"c-oauth", "testOAuth", "", "Wed, 25 Nov 2026 13:00:00 UTC", "false", ""},
+		// A stream that ended while its commit was pending is expected: a
+		// warning, not an error, which the log would write out at once.
 		{"window not yet on disk still answers", "basic-int", "429", throttle.Window{Until: now.Add(45*time.Second + time.Millisecond), Retryable: true},
-			throttle.ErrCommitPending, "c-basic", "testBasic", "", "Wed, 25 Nov 2026 12:00:46 UTC", "true"},
-		{"200 is not observed", "key-int", "200", throttle.Window{}, nil, "", "", "", "", ""},
-		{"503 is not observed", "key-int", "503", throttle.Window{}, nil, "", "", "", "", ""},
+			fmt.Errorf("%w: %w", throttle.ErrCommitPending, context.Canceled), "c-basic", "testBasic", "", "Wed, 25 Nov 2026 12:00:46 UTC", "true", "WARN"},
+		{"window not saved still answers", "basic-int", "429", throttle.Window{Until: now.Add(45 * time.Second), Retryable: true},
+			errors.New("bolt: database not open"), "c-basic", "testBasic", "", "Wed, 25 Nov 2026 12:00:45 UTC", "true", "ERROR"},
+		{"200 is not observed", "key-int", "200", throttle.Window{}, nil, "", "", "", "", "", ""},
+		{"503 is not observed", "key-int", "503", throttle.Window{}, nil, "", "", "", "", "", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -236,6 +243,20 @@ func TestThrottleObserve429(t *testing.T) {
 				if set[k] != v {
 					t.Errorf("%s = %q, want %q", k, set[k], v)
 				}
+			}
+			// observe429 logs before it answers.
+			var levels []string
+			for line := range strings.SplitSeq(h.logs.String(), "\n") {
+				if strings.Contains(line, "lockout window") {
+					var rec struct{ Level string }
+					if err := json.Unmarshal([]byte(line), &rec); err != nil {
+						t.Fatalf("log line %q: %v", line, err)
+					}
+					levels = append(levels, rec.Level)
+				}
+			}
+			if c.logLevel == "" && len(levels) != 0 || c.logLevel != "" && (len(levels) != 1 || levels[0] != c.logLevel) {
+				t.Errorf("lockout log lines at levels %v, want %q", levels, c.logLevel)
 			}
 		})
 	}

@@ -92,6 +92,11 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 	var out refreshOutcome
 	if err != nil {
 		out = r.failed(log, c, err)
+	} else if bad := checkIssued(tok); bad != nil {
+		// Stored, it would break every request of the connection; the
+		// endpoint may answer better after the backoff.
+		log.Error("the token endpoint issued an unusable token; it is not stored", "problem", bad.Error())
+		out = refreshOutcome{result: resultError, reason: "the token endpoint issued an unusable token"}
 	} else {
 		out = r.save(log, c, &issuedToken{
 			from:    grantOf(&c.Credential),
@@ -108,6 +113,18 @@ func (r *Refresher) refresh(c *Connection, pending *issuedToken) refreshOutcome 
 		out.left = c
 	}
 	return out
+}
+
+// checkIssued checks the tokens of an answer before they are stored. An
+// empty refresh token is none: the answer kept the old one or has none.
+func checkIssued(tok *oauth2.Token) error {
+	if err := CheckToken("access token", tok.AccessToken); err != nil {
+		return err
+	}
+	if tok.RefreshToken != "" {
+		return CheckToken("refresh token", tok.RefreshToken)
+	}
+	return nil
 }
 
 // fetch asks the provider's token endpoint for a new token with

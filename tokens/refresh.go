@@ -199,8 +199,9 @@ type connRefresh struct {
 	// MarkStale ignores it, so a late 401 for a replaced token, or one
 	// for a token that the refresh handed back unchanged, forces nothing.
 	forced string
-	// forcedAt is when the last forced refresh started; until forceGap
-	// has passed since, MarkStale forces none (see forceGapMin).
+	// forcedAt is when the last forced refresh first started (its retries
+	// after a failure do not move it); until forceGap has passed since,
+	// MarkStale forces none (see forceGapMin).
 	forcedAt time.Time
 	forceGap time.Duration
 	// failures counts failed refreshes in a row; until retryAt the token
@@ -249,9 +250,7 @@ func NewRefresher(o RefresherOptions) *Refresher {
 	if r.client == nil {
 		r.client = NewTokenClient(DefaultTokenTimeout)
 	} else {
-		c := *r.client
-		c.CheckRedirect = noRedirect
-		r.client = &c
+		r.client = WithoutRedirects(r.client)
 	}
 	r.timeout = r.client.Timeout
 	if r.timeout <= 0 {
@@ -282,6 +281,16 @@ func NewRefresher(o RefresherOptions) *Refresher {
 // redirects is misconfigured; its answer fails as an HTTP 3xx.
 func NewTokenClient(timeout time.Duration) *http.Client {
 	return &http.Client{Timeout: timeout, CheckRedirect: noRedirect}
+}
+
+// WithoutRedirects returns a copy of c, with the same transport and
+// timeout, that does not follow redirects, whatever c's CheckRedirect (see
+// NewTokenClient). Every client that calls a token endpoint goes through
+// it or NewTokenClient.
+func WithoutRedirects(c *http.Client) *http.Client {
+	cc := *c
+	cc.CheckRedirect = noRedirect
+	return &cc
 }
 
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -547,7 +556,12 @@ func (r *Refresher) start(st *connRefresh, c *Connection, forced bool, done func
 	r.mu.Unlock()
 	f := &refreshFlight{done: make(chan struct{})}
 	st.flight = f
-	if forced {
+	// A forced refresh counts once per token forced: after a failure the
+	// token stays stale and the backoff's retries start again with
+	// forced set, but they are the same forced refresh. Counting each
+	// would double the gap per retry, so a token endpoint down for half a
+	// minute would leave the next token's 401s ignored for half an hour.
+	if forced && (st.forced != c.Credential.AccessToken || st.forcedAt.IsZero()) {
 		st.forced = c.Credential.AccessToken
 		now := r.now()
 		if st.forcedAt.IsZero() || now.Sub(st.forcedAt) >= 2*st.forceGap {

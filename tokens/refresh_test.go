@@ -809,6 +809,42 @@ func TestRepeated401sBounded(t *testing.T) {
 	}
 }
 
+// TestForcedRefreshRetriesCountOnce: the backoff's retries of a forced
+// refresh that failed are the same forced refresh. Half a minute of token
+// endpoint outage must not raise the gap for the token that replaces the
+// stale one: a 401 for it after the 1-minute gap forces a refresh.
+func TestForcedRefreshRetriesCountOnce(t *testing.T) {
+	e := newRefreshEnv(t, envConfig{exactBackoff: true})
+	tok1 := e.issue(t)
+	c := e.authCodeConn(t, provAuthCode, tok1, e.clock.Now().Add(24*time.Hour))
+	e.srv.SetDown(true)
+	e.r.MarkStale(c.ID, tok1.Access)
+	// Attempts at 0, 1, 3, 7 and 15 s fail; the one at 31 s succeeds.
+	for i := range 5 {
+		_, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+		var re *RetryError
+		if !errors.As(err, &re) {
+			t.Fatalf("attempt %d with the endpoint down = %v, want a *RetryError", i+1, err)
+		}
+		e.idle()
+		e.clock.Advance(e.r.state(c.ID).retryAt.Sub(e.clock.Now()))
+	}
+	e.srv.SetDown(false)
+	tok2, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || tok2 == tok1.Access {
+		t.Fatalf("AccessToken once the endpoint is back = %v; want a new token", err)
+	}
+	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 6 {
+		t.Fatalf("%d refresh grants, want 6 (5 failed, 1 ok)", n)
+	}
+	e.clock.Advance(2 * forceGapMin)
+	e.r.MarkStale(c.ID, tok2)
+	tok3, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
+	if err != nil || tok3 == tok2 {
+		t.Fatalf("401 for the new token %s after the outage: %v; want a forced refresh and a newer token", 2*forceGapMin, err)
+	}
+}
+
 // TestNewCredentialsLiftForceLimit: credentials updated through the store
 // (the admin API's PATCH) may be forced at once, whatever the limit left
 // by the ones they replaced.
@@ -835,6 +871,57 @@ func TestNewCredentialsLiftForceLimit(t *testing.T) {
 	}
 	if n := e.srv.Requests(oauthtest.GrantRefreshToken); n != 2 {
 		t.Errorf("%d refresh grants, want 2", n)
+	}
+}
+
+// TestUnusableTokenNotStored: a token endpoint that answers a token with a
+// control character or surrounding whitespace, which would break every
+// request header it went into, has failed: nothing is stored, the
+// connection backs off, and the log names the rule, not the value.
+func TestUnusableTokenNotStored(t *testing.T) {
+	for _, tc := range []struct{ name, answer, problem string }{
+		{"control character", `{"access_token":"SECRET-at\u0007x","refresh_token":"SECRET-rt-new","expires_in":3600}`,
+			"access token must not contain control characters"},
+		{"surrounding whitespace", `{"access_token":" SECRET-at ","expires_in":3600}`,
+			"access token must not begin or end with whitespace"},
+		{"refresh token", `{"access_token":"SECRET-at-ok","refresh_token":"SECRET-rt\r\nx","expires_in":3600}`,
+			"refresh token must not contain control characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, tc.answer)
+			}))
+			t.Cleanup(ep.Close)
+			e := newRefreshEnv(t, envConfig{tokenURL: ep.URL, exactBackoff: true})
+			c := e.authCodeConn(t, provAuthCode, oauthtest.Tokens{Access: "old-at", Refresh: "old-rt"}, e.clock.Now().Add(-time.Minute))
+			_, err := e.r.AccessToken(t.Context(), c)
+			var re *RetryError
+			if !errors.As(err, &re) || re.After != time.Second {
+				t.Fatalf("AccessToken = %v; want a *RetryError with the first backoff, 1s", err)
+			}
+			e.idle()
+			if r := e.result(t); r != resultError {
+				t.Errorf("result %s, want error", r)
+			}
+			stored := e.conn(t, c.ID)
+			if stored.Credential.AccessToken != "old-at" || stored.Credential.RefreshToken != "old-rt" || stored.Status != StatusWorking {
+				t.Errorf("stored %v (status %s); want the old tokens, untouched", stored.Credential, stored.Status)
+			}
+			// Backing off: the next call does not ask again.
+			if _, err := e.r.AccessToken(t.Context(), c); !errors.As(err, &re) {
+				t.Fatalf("AccessToken during the backoff = %v, want a *RetryError", err)
+			}
+			e.idle()
+			e.noResult(t)
+			logs := e.logs.String()
+			if !strings.Contains(logs, tc.problem) {
+				t.Errorf("the log does not say %q:\n%s", tc.problem, logs)
+			}
+			if strings.Contains(logs, "SECRET") || strings.Contains(err.Error(), "SECRET") {
+				t.Errorf("a token value leaked:\n%s\n%v", logs, err)
+			}
+		})
 	}
 }
 

@@ -3,8 +3,12 @@ package tokens
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // AuthScheme says which kind of credential a connection holds.
@@ -43,6 +47,31 @@ var (
 	// names the field.
 	ErrInvalid = errors.New("invalid")
 )
+
+// MaxTokenLen is the longest access or refresh token CheckToken accepts.
+const MaxTokenLen = 16 << 10
+
+// CheckToken returns why t cannot be stored as an access or refresh token
+// (name says which, for the message), or nil. A token is sent in a
+// request header as it is: a control character makes Envoy refuse the
+// header, and leading or trailing whitespace makes it a malformed HTTP/2
+// field (RFC 9113 §8.2.1), so either would fail every request of the
+// connection. The error never quotes t.
+func CheckToken(name, t string) error {
+	switch {
+	case t == "":
+		return errors.New(name + " must not be empty")
+	case len(t) > MaxTokenLen:
+		return fmt.Errorf("%s must be at most %d bytes", name, MaxTokenLen)
+	case !utf8.ValidString(t):
+		return errors.New(name + " must be valid UTF-8")
+	case strings.IndexFunc(t, unicode.IsControl) >= 0:
+		return errors.New(name + " must not contain control characters")
+	case strings.TrimSpace(t) != t:
+		return errors.New(name + " must not begin or end with whitespace")
+	}
+	return nil
+}
 
 // Credential is the secret part of a connection. It lives decrypted in
 // memory only; on disk it is sealed with AES-256-GCM. Its String, GoString,

@@ -89,3 +89,30 @@ func TestConnectionJSONMembers(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckToken: the tokens a provider issues pass; what would break a
+// request header does not, with an error that names the rule, not the
+// value.
+func TestCheckToken(t *testing.T) {
+	for _, tok := range []string{"ya29.a0Af-_~+/=", "00D5g000!AQ4AQ.x", "eyJhbGciOiJSUzI1NiJ9.e30.sig", "a b", strings.Repeat("x", MaxTokenLen)} {
+		if err := CheckToken("access token", tok); err != nil {
+			t.Errorf("CheckToken(%.20q) = %v, want nil", tok, err)
+		}
+	}
+	for _, tc := range []struct{ tok, want string }{
+		{"", "access token must not be empty"},
+		{strings.Repeat("x", MaxTokenLen+1), "access token must be at most 16384 bytes"},
+		{"tok\xff", "access token must be valid UTF-8"},
+		{"tok\r\nx-evil: 1", "access token must not contain control characters"},
+		{"tok\x00", "access token must not contain control characters"},
+		{"tok\u0085", "access token must not contain control characters"},
+		{" tok", "access token must not begin or end with whitespace"},
+		{"tok ", "access token must not begin or end with whitespace"},
+		{"tok\u00a0", "access token must not begin or end with whitespace"},
+	} {
+		err := CheckToken("access token", tc.tok)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("CheckToken(%.20q) = %v, want %q", tc.tok, err, tc.want)
+		}
+	}
+}

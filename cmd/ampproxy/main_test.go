@@ -328,6 +328,18 @@ func TestServe(t *testing.T) {
 					t.Errorf("%s: %d", path, r.StatusCode)
 				}
 			}
+			// Process-level figures are registered.
+			if r, err := http.Get("http://" + admin + "/metrics"); err != nil {
+				t.Fatal(err)
+			} else {
+				body, _ := io.ReadAll(r.Body)
+				r.Body.Close()
+				for _, want := range []string{"ampproxy_store_connections ", "ampproxy_log_dropped_bytes_total 0\n"} {
+					if !strings.Contains(string(body), want) {
+						t.Errorf("/metrics lacks %q", want)
+					}
+				}
+			}
 			if _, err := os.Stat(filepath.Join(dir, "data", "master.key")); err != nil {
 				t.Errorf("createKey: %v", err)
 			}

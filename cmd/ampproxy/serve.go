@@ -74,6 +74,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	met.GaugeFunc("ampproxy_store_connections", "Connections in the store.", func() float64 { return float64(store.Stats().Connections) })
 	met.GaugeFunc("ampproxy_store_installations", "Installations in the store.", func() float64 { return float64(store.Stats().Installations) })
 	met.GaugeFunc("ampproxy_store_file_bytes", "Size of the bbolt file.", func() float64 { return float64(store.Stats().FileBytes) })
+	logMetrics(met, logw)
 
 	var current atomic.Pointer[config.Config]
 	current.Store(cfg)
@@ -178,6 +179,14 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	return err
 }
 
+// logMetrics registers the log writer's figures on met: lines the
+// destination refused are lost, and only this counter says so, since the
+// log cannot.
+func logMetrics(met *metrics.Metrics, logw *logbuf.Writer) {
+	met.CounterFunc("ampproxy_log_dropped_bytes_total", "Bytes of log output the log's destination (stderr) refused; they are lost.",
+		func() float64 { return float64(logw.Dropped()) })
+}
+
 // watchConfig reloads the config when SIGHUP arrives or one of its files
 // changes, and re-reads API-key files. A new config is applied whole or
 // not at all: a file with problems is rejected with a log line and the
@@ -222,14 +231,17 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger, current *at
 
 // restartOnly names the settings that differ between the running config
 // and a reloaded one but are read only at start: the listeners, the store,
-// the lockout table and the logger are built once.
+// the lockout table, the token waits and the logger are built once.
 func restartOnly(running, next *config.Config) []string {
 	var changed []string
 	for _, s := range []struct {
 		name string
 		same bool
 	}{
-		{"grpc.listen", next.GRPC == running.GRPC},
+		{"grpc.listen", next.GRPC.Listen == running.GRPC.Listen},
+		// The refresher's and the request path's token waits are derived
+		// from it when the data path is built.
+		{"grpc.messageTimeout", next.GRPC.MessageTimeout == running.GRPC.MessageTimeout},
 		{"admin.listen", next.Admin.Listen == running.Admin.Listen},
 		{"admin.pprof", next.Admin.Pprof == running.Admin.Pprof},
 		{"storage", next.Storage == running.Storage},

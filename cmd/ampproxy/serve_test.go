@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"reflect"
 	"strings"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"github.com/ampproxy/ampproxy/config"
+	"github.com/ampproxy/ampproxy/internal/logbuf"
+	"github.com/ampproxy/ampproxy/internal/metrics"
 )
 
 // startServe runs `ampproxy serve` in-process until the test ends and
@@ -78,6 +82,12 @@ func TestRestartOnly(t *testing.T) {
 	}{
 		{func(*config.Config) {}, nil},
 		{func(c *config.Config) { c.GRPC.Listen = "127.0.0.1:1" }, []string{"grpc.listen"}},
+		{func(c *config.Config) { c.GRPC.MessageTimeout = config.Duration(time.Second) }, []string{"grpc.messageTimeout"}},
+		{func(c *config.Config) {
+			c.GRPC.Listen = "127.0.0.1:1"
+			c.GRPC.MessageTimeout = config.Duration(time.Second)
+		},
+			[]string{"grpc.listen", "grpc.messageTimeout"}},
 		{func(c *config.Config) { c.Admin.Listen = "127.0.0.1:2" }, []string{"admin.listen"}},
 		{func(c *config.Config) { c.Admin.Pprof = true }, []string{"admin.pprof"}},
 		{func(c *config.Config) { c.Storage.CreateKey = true }, []string{"storage"}},
@@ -92,6 +102,27 @@ func TestRestartOnly(t *testing.T) {
 		if got := restartOnly(&base, &next); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("restartOnly = %v, want %v", got, tc.want)
 		}
+	}
+}
+
+// brokenPipe refuses every write, as stderr does once its reader is gone.
+type brokenPipe struct{}
+
+func (brokenPipe) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// TestLogDroppedMetric: bytes of log the destination refused are counted
+// on /metrics, since the log itself cannot tell.
+func TestLogDroppedMetric(t *testing.T) {
+	logw := logbuf.New(brokenPipe{}, logbuf.Options{})
+	t.Cleanup(func() { logw.Close() })
+	met := metrics.New("test")
+	logMetrics(met, logw)
+	logw.Write([]byte("twelve bytes"))
+	logw.Flush()
+	rec := httptest.NewRecorder()
+	met.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := "# TYPE ampproxy_log_dropped_bytes_total counter\nampproxy_log_dropped_bytes_total 12\n"; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("/metrics lacks %q", want)
 	}
 }
 

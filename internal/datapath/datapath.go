@@ -95,8 +95,8 @@ func New(o Options) (*Path, error) {
 // ServerOptions are the gRPC server options of the ext_proc listener: a
 // handler that panics ends its own stream with codes.Internal (Envoy then
 // fails the request closed, 500) instead of taking down every other
-// stream of the process. log receives one line per panic; nil means
-// slog.Default().
+// stream of the process, and Stop returns only once every handler has
+// returned. log receives one line per panic; nil means slog.Default().
 func ServerOptions(log *slog.Logger) []grpc.ServerOption {
 	if log == nil {
 		log = slog.Default()
@@ -105,7 +105,15 @@ func ServerOptions(log *slog.Logger) []grpc.ServerOption {
 	// 256 reused goroutines instead of one new goroutine each saved no
 	// allocation and cost the no-op server and ampproxy alike about 8%
 	// more CPU per request under load in interleaved runs.
-	return []grpc.ServerOption{grpc.ChainStreamInterceptor(recoverStream(log))}
+	return []grpc.ServerOption{
+		grpc.ChainStreamInterceptor(recoverStream(log)),
+		// Without it Stop, which serve calls when the drain times out,
+		// returns once the connections are closed, while handlers may
+		// still log or commit a lockout; serve then closes the refresher,
+		// the lockout table, the store and the log under them. Handlers
+		// end promptly once Stop cancels their streams' contexts.
+		grpc.WaitForHandlers(true),
+	}
 }
 
 // recoverStream is the interceptor of ServerOptions. The log line carries

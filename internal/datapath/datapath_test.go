@@ -111,6 +111,88 @@ func TestPanicEndsOnlyItsStream(t *testing.T) {
 	}
 }
 
+// lingering is a handler that, once its stream's context is cancelled,
+// waits for release before it returns, as one still writing a log line or
+// committing a lockout would.
+type lingering struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	started, cancelled, release, returned chan struct{}
+}
+
+func (l lingering) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	defer close(l.returned)
+	close(l.started)
+	<-srv.Context().Done()
+	close(l.cancelled)
+	<-l.release
+	return srv.Context().Err()
+}
+
+// TestStopWaitsForHandlers: Stop, which serve calls when the drain times
+// out before it closes what handlers use, returns only after every
+// handler has returned.
+func TestStopWaitsForHandlers(t *testing.T) {
+	h := lingering{started: make(chan struct{}), cancelled: make(chan struct{}), release: make(chan struct{}), returned: make(chan struct{})}
+	g := grpc.NewServer(ServerOptions(slog.New(slog.DiscardHandler))...)
+	extprocv3.RegisterExternalProcessorServer(g, h)
+	release := sync.OnceFunc(func() { close(h.release) })
+	l := bufconn.Listen(1 << 20)
+	go g.Serve(l)
+	stopped := make(chan struct{})
+	stop := sync.OnceFunc(func() { go func() { g.Stop(); close(stopped) }() })
+	t.Cleanup(func() {
+		// Whatever failed: let the handler go and the server stop.
+		release()
+		stop()
+		<-stopped
+	})
+	cc, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	st, err := extprocv3.NewExternalProcessorClient(cc).Process(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server runs the handler once it has the stream's first message.
+	if err := st.Send(&extprocv3.ProcessingRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler did not start")
+	}
+	stop()
+	select {
+	case <-h.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not cancel the handler's stream")
+	}
+	// Without WaitForHandlers, Stop returns as soon as the connection is
+	// closed. The pause gives it the time to: a slow machine can only
+	// make this miss the fault, never fail a server that waits.
+	select {
+	case <-stopped:
+		t.Fatal("Stop returned while a handler was still running")
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return once the handler had")
+	}
+	select {
+	case <-h.returned:
+	default:
+		t.Fatal("Stop returned before the handler did")
+	}
+}
+
 func headerMap(key string) *corev3.HeaderMap {
 	return &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: key, RawValue: []byte("v")}}}
 }

@@ -454,13 +454,24 @@ func proxyHeaders(integration, group string) map[string]string {
 
 func (e *env) do(c call) (*http.Response, []byte) {
 	e.t.Helper()
+	resp, body, err := e.send(c)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp, body
+}
+
+// send makes the call and reads the answer. It does not touch the test,
+// so that goroutines other than the test's may use it (FailNow must run
+// on the test's goroutine).
+func (e *env) send(c call) (*http.Response, []byte, error) {
 	method := c.method
 	if method == "" {
 		method = http.MethodGet
 	}
 	req, err := http.NewRequest(method, e.plane.URL()+c.path, c.body)
 	if err != nil {
-		e.t.Fatal(err)
+		return nil, nil, err
 	}
 	for k, v := range c.headers {
 		req.Header.Set(k, v)
@@ -469,14 +480,14 @@ func (e *env) do(c call) (*http.Response, []byte) {
 	defer cancel()
 	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, c.path, err)
+		return nil, nil, fmt.Errorf("%s %s: %w", method, c.path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		e.t.Fatalf("%s %s: reading body: %v", method, c.path, err)
+		return nil, nil, fmt.Errorf("%s %s: reading body: %w", method, c.path, err)
 	}
-	return resp, b
+	return resp, b, nil
 }
 
 // echo is what the sample provider answers on /v1/ paths.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -172,7 +173,7 @@ func TestOAuthRefresh(t *testing.T) {
 		auth.SetDelay(30 * time.Millisecond)
 		defer auth.SetDelay(0)
 		before := auth.Requests(oauthtest.GrantRefreshToken)
-		statuses, late := e.burst(100, call{path: "/v1/contacts", headers: proxyHeaders("refresh", "g100")})
+		statuses, late := e.burst(t, 100, call{path: "/v1/contacts", headers: proxyHeaders("refresh", "g100")})
 		if n := auth.Requests(oauthtest.GrantRefreshToken) - before; n != 1 {
 			t.Errorf("%d refresh grants reached the server, want exactly 1", n)
 		}
@@ -202,7 +203,7 @@ func TestOAuthRefresh(t *testing.T) {
 		// 504, which would come as long again later.
 		auth.SetDelay(oauthMessageTimeout + oauthMessageTimeout/4)
 		before := auth.Requests(oauthtest.GrantRefreshToken)
-		statuses, _ := e.burst(50, call{path: "/v1/contacts", headers: proxyHeaders("refresh", "slow")})
+		statuses, _ := e.burst(t, 50, call{path: "/v1/contacts", headers: proxyHeaders("refresh", "slow")})
 		if statuses[503] != 50 {
 			t.Errorf("statuses %v, want 503 for all 50", statuses)
 		}
@@ -223,11 +224,14 @@ func TestOAuthRefresh(t *testing.T) {
 // burst sends n copies of c at once, each with its own x-request-id,
 // counts the statuses and returns the request IDs answered 504. A 503
 // must be ampproxy's token-unavailable problem with a Retry-After of at
-// least a second.
-func (e *env) burst(n int, c call) (statuses map[int]int, late []string) {
-	e.t.Helper()
+// least a second. t is the calling test: the requests' goroutines only
+// record what went wrong, and t fails once they are all done.
+func (e *env) burst(t *testing.T, n int, c call) (statuses map[int]int, late []string) {
+	t.Helper()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	var failed []error // requests that got no answer
+	var wrong []string // answers that break the rules above
 	statuses = map[int]int{}
 	for i := range n {
 		wg.Add(1)
@@ -237,9 +241,13 @@ func (e *env) burst(n int, c call) (statuses map[int]int, late []string) {
 			c := c
 			c.headers = maps.Clone(c.headers)
 			c.headers["x-request-id"] = id
-			resp, body := e.do(c)
+			resp, body, err := e.send(c)
 			mu.Lock()
 			defer mu.Unlock()
+			if err != nil {
+				failed = append(failed, fmt.Errorf("request %s: %w", id, err))
+				return
+			}
 			statuses[resp.StatusCode]++
 			if resp.StatusCode == 504 {
 				late = append(late, id)
@@ -248,14 +256,20 @@ func (e *env) burst(n int, c call) (statuses map[int]int, late []string) {
 				return
 			}
 			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || s < 1 {
-				e.t.Errorf("503 with Retry-After %q", resp.Header.Get("Retry-After"))
+				wrong = append(wrong, fmt.Sprintf("request %s: 503 with Retry-After %q", id, resp.Header.Get("Retry-After")))
 			}
 			if !strings.Contains(string(body), "token-unavailable") {
-				e.t.Errorf("503 that is not ampproxy's token-unavailable: %s", body)
+				wrong = append(wrong, fmt.Sprintf("request %s: 503 that is not ampproxy's token-unavailable: %s", id, body))
 			}
 		}()
 	}
 	wg.Wait()
+	for _, w := range wrong {
+		t.Error(w)
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d requests failed: %v", len(failed), n, errors.Join(failed...))
+	}
 	return statuses, late
 }
 

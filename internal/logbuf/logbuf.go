@@ -5,9 +5,10 @@
 //
 // A Writer collects lines in memory and writes them out together: every
 // Interval (1 s by default), whenever the buffer is full, on Flush, and on
-// Close. Handler wraps a slog.Handler so that a record at error level or
-// above is written out at once. It does not own the destination, decide
-// what is logged, or rotate files.
+// Close; after Close it writes each line through. Handler wraps a
+// slog.Handler so that a record at error level or above is written out at
+// once. It does not own the destination, decide what is logged, or rotate
+// files.
 //
 // # Caveats
 //
@@ -47,8 +48,10 @@ type Options struct {
 	Interval time.Duration
 	Size     int
 
-	// newTicker replaces time.NewTicker in tests.
+	// newTicker replaces time.NewTicker in tests; afterTick, when set,
+	// runs after each interval flush, so that a test knows it is over.
 	newTicker func(time.Duration) (<-chan time.Time, func())
+	afterTick func()
 }
 
 // Writer buffers writes to an io.Writer. It is safe for concurrent use.
@@ -63,6 +66,9 @@ type Writer struct {
 	spare []byte
 	mu    sync.Mutex
 	buf   []byte
+	// through, set by Close under mu, sends every later write straight
+	// to out: nothing would flush a buffer after Close.
+	through bool
 
 	dropped atomic.Uint64
 	stop    chan struct{}
@@ -100,27 +106,32 @@ func New(out io.Writer, o Options) *Writer {
 				return
 			case <-tick:
 				w.Flush()
+				if o.afterTick != nil {
+					o.afterTick()
+				}
 			}
 		}
 	}()
 	return w
 }
 
-// Write buffers p, writing the buffer out first when p does not fit. It
-// never fails: a line the destination refuses is counted in Dropped.
+// Write buffers p, writing the buffer out first when p does not fit; after
+// Close it writes p straight out. It never fails: a line the destination
+// refuses is counted in Dropped.
 func (w *Writer) Write(p []byte) (int, error) {
 	for {
 		w.mu.Lock()
-		if len(w.buf)+len(p) <= w.size {
+		through := w.through
+		if !through && len(w.buf)+len(p) <= w.size {
 			w.buf = append(w.buf, p...)
 			w.mu.Unlock()
 			return len(p), nil
 		}
 		empty := len(w.buf) == 0
 		w.mu.Unlock()
-		if empty {
-			// Larger than the whole buffer: write it through, after
-			// anything a concurrent writer buffered meanwhile.
+		if through || empty {
+			// Closed, or larger than the whole buffer: write it through,
+			// after anything a concurrent writer buffered meanwhile.
 			w.outMu.Lock()
 			w.flushLocked()
 			w.write(p)
@@ -160,12 +171,16 @@ func (w *Writer) write(b []byte) {
 func (w *Writer) Dropped() uint64 { return w.dropped.Load() }
 
 // Close stops the interval flushes and writes out what is buffered.
-// Writes after Close are buffered until the next Flush.
+// Writes after Close go straight to the destination, one write each: a
+// goroutine that outlives serve's shutdown may still log.
 func (w *Writer) Close() error {
 	w.closed.Do(func() {
 		close(w.stop)
 		<-w.done
 	})
+	w.mu.Lock()
+	w.through = true
+	w.mu.Unlock()
 	w.Flush()
 	return nil
 }

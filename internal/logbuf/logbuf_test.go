@@ -51,14 +51,27 @@ func (s *sink) waitWrite(t *testing.T) {
 type manualTicker struct {
 	c       chan time.Time
 	stopped chan struct{}
+	flushed chan struct{}
+}
+
+// tick fires the ticker and waits until the flush it causes is over; the
+// bound only catches a hang.
+func (mt *manualTicker) tick(t *testing.T) {
+	t.Helper()
+	mt.c <- time.Now()
+	select {
+	case <-mt.flushed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tick's flush did not end")
+	}
 }
 
 func newWriter(t *testing.T, out *sink, size int) (*Writer, *manualTicker) {
 	t.Helper()
-	mt := &manualTicker{c: make(chan time.Time), stopped: make(chan struct{})}
+	mt := &manualTicker{c: make(chan time.Time), stopped: make(chan struct{}), flushed: make(chan struct{}, 1)}
 	w := New(out, Options{Size: size, newTicker: func(time.Duration) (<-chan time.Time, func()) {
 		return mt.c, func() { close(mt.stopped) }
-	}})
+	}, afterTick: func() { mt.flushed <- struct{}{} }})
 	t.Cleanup(func() { w.Close() })
 	return w, mt
 }
@@ -74,17 +87,21 @@ func TestLinesWaitForTheTick(t *testing.T) {
 	if got := out.got(); len(got) != 0 {
 		t.Fatalf("written before the interval passed: %q", got)
 	}
-	mt.c <- time.Now()
-	out.waitWrite(t)
+	mt.tick(t)
 	if got := out.got(); len(got) != 1 || got[0] != "one\ntwo\nthree\n" {
 		t.Fatalf("after a tick the destination got %q, want the three lines in one write", got)
 	}
-	// A tick with nothing buffered writes nothing; the next line waits
-	// for the next tick.
-	mt.c <- time.Now()
+	// A tick with nothing buffered writes nothing; with no tick in flight,
+	// the next line waits for the next tick.
+	mt.tick(t)
+	if got := out.got(); len(got) != 1 {
+		t.Fatalf("a tick with nothing buffered wrote: %q", got[1:])
+	}
 	w.Write([]byte("four\n"))
-	mt.c <- time.Now()
-	out.waitWrite(t)
+	if got := out.got(); len(got) != 1 {
+		t.Fatalf("written before the next tick: %q", got[1:])
+	}
+	mt.tick(t)
 	if got := out.got(); len(got) != 2 || got[1] != "four\n" {
 		t.Fatalf("destination got %q", got)
 	}
@@ -139,6 +156,23 @@ func TestCloseFlushesAndStops(t *testing.T) {
 		t.Fatal("Close left the ticker running")
 	}
 	w.Close() // twice is harmless
+}
+
+// TestWritesAfterCloseGoThrough: nothing flushes after Close, so a line
+// logged then (a goroutine that outlives shutdown) is written at once.
+func TestWritesAfterCloseGoThrough(t *testing.T) {
+	out := newSink()
+	w, _ := newWriter(t, out, 4096)
+	w.Write([]byte("before\n"))
+	w.Close()
+	for _, l := range []string{"late\n", "later\n"} {
+		if n, err := w.Write([]byte(l)); n != len(l) || err != nil {
+			t.Fatalf("Write after Close = %d, %v", n, err)
+		}
+	}
+	if got := out.got(); len(got) != 3 || got[0] != "before\n" || got[1] != "late\n" || got[2] != "later\n" {
+		t.Fatalf("destination got %q, want each line written as it came", got)
+	}
 }
 
 func TestFailedWriteDoesNotFailTheCaller(t *testing.T) {

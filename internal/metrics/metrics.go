@@ -141,6 +141,16 @@ func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 }
 
+// CounterFunc registers a counter read at scrape time from a total kept
+// elsewhere, such as the bytes the log's destination refused. f must never
+// go down.
+func (m *Metrics) CounterFunc(name, help string, f func() float64) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+}
+
 // Request counts one finished proxy request.
 func (m *Metrics) Request(project, integration, provider, outcome string) {
 	if m == nil {

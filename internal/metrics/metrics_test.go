@@ -22,6 +22,7 @@ func TestExposition(t *testing.T) {
 	m.LockoutPersistFailed()
 	m.ShortCircuited("hubspot")
 	m.GaugeFunc("ampproxy_lockout_windows_open", "Open lockout windows.", func() float64 { return 3 })
+	m.CounterFunc("ampproxy_log_dropped_bytes_total", "Log bytes refused.", func() float64 { return 42 })
 
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -39,6 +40,7 @@ func TestExposition(t *testing.T) {
 		`ampproxy_lockout_persist_failures_total 1`,
 		`ampproxy_throttle_short_circuited_total{provider="hubspot"} 1`,
 		`ampproxy_lockout_windows_open 3`,
+		"# TYPE ampproxy_log_dropped_bytes_total counter\nampproxy_log_dropped_bytes_total 42\n",
 		`ampproxy_build_info{goversion="go`,
 		`go_goroutines `,
 		`process_resident_memory_bytes `,
@@ -60,6 +62,7 @@ func TestNilRecordsNothing(t *testing.T) {
 	m.LockoutPersistFailed()
 	m.ShortCircuited("x")
 	m.GaugeFunc("x", "y", func() float64 { return 0 })
+	m.CounterFunc("x", "y", func() float64 { return 0 })
 }
 
 func BenchmarkRequest(b *testing.B) {

@@ -109,7 +109,9 @@
 // its code), a missing code and a failed exchange all answer an HTML error
 // page and store nothing. The code is exchanged with x/oauth2, the auth
 // style taken from the catalog (never auto-detected), through
-// Options.HTTPClient (10 s timeout by default) handed over in the context,
+// Options.HTTPClient (10 s timeout by default; a copy that never follows a
+// redirect, which would carry the code and client secret elsewhere) handed
+// over in the context,
 // bounded by ExchangeTimeout. A provider that refuses the code with an
 // OAuth error is a 400 (start again), any other failure a 502. Values named
 // by oauth2.tokenMetadataFields are taken from the token response (extract

@@ -96,12 +96,16 @@
 // (bamboohr's /api/gateway.php/{{.subdomain}}, jira's /ex/jira/{{.cloudId}}):
 // [Provider.Resolve] refuses it with [ErrBadPath] (extproc answers 400
 // invalid-path). The path up to the first literal '?' is read the way the
-// most lenient server reads it: every %XX decoded once (so %2e, %2E, %2f
-// and %5c count as '.', '/' and '\'), and '/', '\' and ';' all ending a
-// segment. "/../x", "/%2e%2E/x", "/.%2e/x", "/..%2fx", "/..\x" and
-// "/..;/x" are refused; "/...", "/.well-known" and "/a..b" pass, and so
-// does a dot encoded twice (%252e), which only a server that decodes twice
-// would read as a dot.
+// most lenient servers and proxies in front of them read it: as sent, then
+// decoded up to three times, each round decoding %XX, IIS's %uXXXX and
+// overlong UTF-8 (%c0%ae for '.', %c0%af for '/'), with '/', '\' and ';'
+// all ending a segment; no form may hold a dot segment. "/../x",
+// "/%2e%2E/x", "/.%2e/x", "/..%2fx", "/..\x", "/..;/x", "/%252e%252e/x",
+// "/%u002e%u002e/x" and "/%c0%ae%c0%ae/x" are refused; "/...",
+// "/.well-known", "/a..b" and "/100%25done" pass. A NUL in any form is
+// refused outright (some servers end the path there, others drop it, and
+// no provider path holds one), and so is a path still percent-encoded
+// after three rounds.
 //
 // Some templates make a whole host a value: the base URLs of coupa,
 // emailBison, grafana, kaseyaVSAX, loxo, odoo, sentry, talkdesk, vtiger,

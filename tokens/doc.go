@@ -97,7 +97,8 @@
 // backoff, so that an operator's mistake does not mark every user's
 // connection bad. Everything else, the
 // endpoint down, slow or answering 5xx, 429, a redirect or an unexpected
-// 4xx or body, and configuration problems, gives a *RetryError (503) and
+// 4xx or body, a token that CheckToken refuses (it is not stored), and
+// configuration problems, gives a *RetryError (503) and
 // starts a per-connection backoff: BackoffBase (1 s) doubled per failure
 // in a row up to BackoffMax (5 min), with full jitter but never below
 // BackoffBase. During the backoff no request calls the endpoint: a token
@@ -116,7 +117,8 @@
 // fresh tokens (a missing scope, a suspended account) would otherwise
 // cost one per request: after a forced refresh, 401s force nothing for a
 // minute and requests go on with the current token; the gap doubles with
-// each forced refresh that follows while it is still recent, up to 30
+// each forced refresh of a new token that follows while it is still
+// recent (the retries of one that failed count once), up to 30
 // minutes, and is back to a minute after a spell of twice the gap without
 // one, or once the connection's credentials are updated. A 401 for a token
 // that a forced refresh has already replaced forces nothing.

@@ -469,7 +469,7 @@ func (r *report) markdown() string {
 	w("`protocol_config` on the first message) with the `x-amp-*` headers of a valid proxy request, then `:status 200` response headers, ")
 	w("then half-close and drain. Latency is per stream, open to close, at the client. A stream answered with an immediate response counts as an error.\n")
 	w("- Every server runs in a process of its own (the same binary, `ampbench server`), the generator in the suite's process, ")
-	w("so the two compete for the %d cores as Envoy and ampproxy do. Both servers use the same gRPC server options as `ampproxy serve`: grpc-go's defaults plus a stream interceptor that turns a handler's panic into an error status.\n", m.Cores)
+	w("so the two compete for the %d cores as Envoy and ampproxy do. Both servers use the same gRPC server options as `ampproxy serve`: grpc-go's defaults plus a stream interceptor that turns a handler's panic into an error status, and WaitForHandlers, which only changes how the server stops.\n", m.Cores)
 	w("- Both servers run with the garbage collector's settings of the environment, which are Go's defaults (GOGC=100, no GOMEMLIMIT) unless GOGC or GOMEMLIMIT is set; the table above says which. ")
 	w("Under this load each server collects many times a second (the GCs/s column), and collection is a large part of CPU per request for both: a higher GOGC collects less often and trades memory for CPU, ")
 	w("and a GOMEMLIMIT makes the collector work harder as the heap nears the limit. Either changes both servers' figures, and `ampproxy serve` sets neither: that is for the operator. ")

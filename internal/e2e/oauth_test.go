@@ -78,10 +78,11 @@ func newOAuthEnv(t *testing.T, auth *oauthtest.Server) *env {
 	return newEnvWith(t, planeEnvoytest, auth, withMessageTimeout(oauthMessageTimeout))
 }
 
-// expiredConnection stores a connection whose access token expired a
-// minute ago, with a valid refresh token, and installs integration
-// refresh for group.
-func (e *env) expiredConnection(group string) (tokens.Connection, oauthtest.Tokens) {
+// expiredTokens has the authorization server issue a token pair and
+// returns it as an admin credential whose access token expired a minute
+// ago, so that the next request must refresh first; the pair is added to
+// the secrets the logs are checked for.
+func (e *env) expiredTokens() (*admin.OAuth2AuthorizationCode, oauthtest.Tokens) {
 	e.t.Helper()
 	tok, err := e.auth.IssueTokens(time.Hour)
 	if err != nil {
@@ -92,6 +93,15 @@ func (e *env) expiredConnection(group string) (tokens.Connection, oauthtest.Toke
 	oa.AccessToken.Token = tok.Access
 	oa.AccessToken.ExpiresAt = time.Now().Add(-time.Minute)
 	oa.RefreshToken.Token = tok.Refresh
+	return oa, tok
+}
+
+// expiredConnection stores a connection whose access token expired a
+// minute ago, with a valid refresh token, and installs integration
+// refresh for group.
+func (e *env) expiredConnection(group string) (tokens.Connection, oauthtest.Tokens) {
+	e.t.Helper()
+	oa, tok := e.expiredTokens()
 	c, err := e.admin.GenerateConnection(context.Background(), admin.GenerateConnectionRequest{
 		GroupRef: group, ConsumerRef: "alice", Provider: "sampleRefresh", OAuth2AuthorizationCode: oa})
 	if err != nil {
@@ -348,15 +358,7 @@ func metric(exposition, series string) float64 {
 // token at once.
 func (e *env) renew(id string) {
 	e.t.Helper()
-	tok, err := e.auth.IssueTokens(time.Hour)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.tokens = append(e.tokens, tok.Access, tok.Refresh)
-	oa := &admin.OAuth2AuthorizationCode{}
-	oa.AccessToken.Token = tok.Access
-	oa.AccessToken.ExpiresAt = time.Now().Add(-time.Minute)
-	oa.RefreshToken.Token = tok.Refresh
+	oa, _ := e.expiredTokens()
 	if _, err := e.admin.UpdateConnection(context.Background(), id, admin.UpdateConnectionRequest{OAuth2AuthorizationCode: oa}); err != nil {
 		e.t.Fatal(err)
 	}

@@ -35,9 +35,10 @@ type Store interface {
 }
 
 // Tokens hands out OAuth2 access tokens, refreshing them when needed
-// (tokens.Refresher). Cached answers from memory, without allocating,
-// while the token is valid; AccessToken is asked only when Cached says
-// no, and may wait for a refresh until ctx's deadline.
+// (tokens.Refresher). Cached answers from memory while the token is valid
+// (allocating only on a connection's first request); AccessToken is asked
+// only when Cached says no, and may wait for a refresh until ctx's
+// deadline.
 type Tokens interface {
 	Cached(c *tokens.Connection) (string, bool)
 	AccessToken(ctx context.Context, c *tokens.Connection) (string, error)

@@ -434,6 +434,17 @@ func (o *oauthEnv) authorize(u *url.URL) string {
 }
 
 // callback opens the callback path the way the browser does: no key.
+// pointTokenURL makes the pending connect flows exchange their codes at
+// url instead of the catalog's token URL.
+func (o *oauthEnv) pointTokenURL(url string) {
+	s := o.h.(*server)
+	s.connects.mu.Lock()
+	defer s.connects.mu.Unlock()
+	for _, pc := range s.connects.byState {
+		pc.tokenURL = url
+	}
+}
+
 func (o *oauthEnv) callback(path string) *httptest.ResponseRecorder {
 	o.t.Helper()
 	return o.do("GET", path, "", "")
@@ -871,17 +882,8 @@ func TestOAuthTokenClientTimeout(t *testing.T) {
 		HTTPClient: &http.Client{Timeout: 50 * time.Millisecond},
 	})
 	cb := o.authorize(o.connect(OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"}))
-	pc := func() *pendingConnect {
-		s := o.h.(*server)
-		s.connects.mu.Lock()
-		defer s.connects.mu.Unlock()
-		for _, pc := range s.connects.byState {
-			return pc
-		}
-		return nil
-	}()
 	// The flow's token URL is the slow server's.
-	pc.tokenURL = slow.URL + "/token"
+	o.pointTokenURL(slow.URL + "/token")
 	start := time.Now()
 	w := o.callback(cb)
 	wantPage(t, w, 502, "did not accept")
@@ -922,14 +924,7 @@ func TestOAuthTokenRedirectNotFollowed(t *testing.T) {
 		HTTPClient: follows,
 	})
 	cb := o.authorize(o.connect(OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"}))
-	func() {
-		s := o.h.(*server)
-		s.connects.mu.Lock()
-		defer s.connects.mu.Unlock()
-		for _, pc := range s.connects.byState {
-			pc.tokenURL = redirecting.URL + "/token"
-		}
-	}()
+	o.pointTokenURL(redirecting.URL + "/token")
 	w := o.callback(cb)
 	wantPage(t, w, 502, "did not accept")
 	mu.Lock()
@@ -962,14 +957,7 @@ func TestOAuthUnusableToken(t *testing.T) {
 			o := newOAuthEnv(t)
 			o.h = New(Options{Store: o.store, Config: o.cfg.Load, Now: o.clock.Now, Logger: slog.New(slog.NewJSONHandler(o.logs, nil))})
 			cb := o.authorize(o.connect(OAuthConnectRequest{Provider: "asCode", GroupRef: "g1", ConsumerRef: "alice"}))
-			func() {
-				s := o.h.(*server)
-				s.connects.mu.Lock()
-				defer s.connects.mu.Unlock()
-				for _, pc := range s.connects.byState {
-					pc.tokenURL = ep.URL + "/token"
-				}
-			}()
+			o.pointTokenURL(ep.URL + "/token")
 			w := o.callback(cb)
 			wantPage(t, w, 502, tc.want, "Nothing was stored")
 			if len(o.store.conns) != 0 {

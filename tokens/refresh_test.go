@@ -205,6 +205,21 @@ func (e *refreshEnv) issue(tb testing.TB) oauthtest.Tokens {
 	return tok
 }
 
+// replaceCredential stores a fresh token pair, valid for an hour, in
+// connection id, as an update through the admin API does, and returns it.
+func (e *refreshEnv) replaceCredential(tb testing.TB, id string) oauthtest.Tokens {
+	tb.Helper()
+	fresh := e.issue(tb)
+	_, err := e.store.UpdateConnection(testProject, id, func(w *Connection) error {
+		w.Credential = Credential{AccessToken: fresh.Access, RefreshToken: fresh.Refresh, Expiry: e.clock.Now().Add(time.Hour)}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fresh
+}
+
 // expiredConn stores a connection whose token expired a minute ago.
 func (e *refreshEnv) expiredConn(tb testing.TB) (*Connection, oauthtest.Tokens) {
 	tb.Helper()
@@ -856,14 +871,7 @@ func TestNewCredentialsLiftForceLimit(t *testing.T) {
 	if _, err := e.r.AccessToken(t.Context(), c); err != nil {
 		t.Fatal(err)
 	}
-	fresh := e.issue(t)
-	_, err := e.store.UpdateConnection(testProject, c.ID, func(w *Connection) error {
-		w.Credential = Credential{AccessToken: fresh.Access, RefreshToken: fresh.Refresh, Expiry: e.clock.Now().Add(time.Hour)}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := e.replaceCredential(t, c.ID)
 	e.r.MarkStale(c.ID, fresh.Access)
 	got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
 	if err != nil || got == fresh.Access {
@@ -1087,14 +1095,7 @@ func TestCredentialsReplacedDuringRefresh(t *testing.T) {
 	if _, err := e.r.AccessToken(t.Context(), c); err == nil {
 		t.Fatal("want a *RetryError while the refresh is held")
 	}
-	fresh := e.issue(t)
-	_, err := e.store.UpdateConnection(testProject, c.ID, func(w *Connection) error {
-		w.Credential = Credential{AccessToken: fresh.Access, RefreshToken: fresh.Refresh, Expiry: e.clock.Now().Add(time.Hour)}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := e.replaceCredential(t, c.ID)
 	e.result(t)
 	got, err := e.r.AccessToken(t.Context(), e.conn(t, c.ID))
 	if err != nil || got != fresh.Access {

@@ -75,13 +75,7 @@ func TestPanicEndsOnlyItsStream(t *testing.T) {
 	l := bufconn.Listen(1 << 20)
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
-	cc, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := dial(t, l)
 	cli := extprocv3.NewExternalProcessorClient(cc)
 
 	call := func(key string) error {
@@ -146,13 +140,7 @@ func TestStopWaitsForHandlers(t *testing.T) {
 		stop()
 		<-stopped
 	})
-	cc, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := dial(t, l)
 	st, err := extprocv3.NewExternalProcessorClient(cc).Process(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -245,4 +233,18 @@ func TestLockoutMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+}
+
+// dial is a client connection to the server listening on l, closed when
+// the test ends.
+func dial(t *testing.T, l *bufconn.Listener) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
